@@ -1,0 +1,1 @@
+"""edgeq.converters: host-side export to ONNX, quantization to QDQ ONNX, validation and engine builds."""

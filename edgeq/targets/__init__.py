@@ -1,0 +1,1 @@
+"""edgeq.targets: target hardware profiles, as data."""
