@@ -120,8 +120,23 @@ def _run_optimum(loaded: LoadedModel, out: Path, opset: int) -> None:
                 loaded.model, out, opset=opset, task=_OPTIMUM_TASK[loaded.task], do_validation=False,
             )
         except Exception as exc:  # optimum raises many types; all are an export failure to the user
+            os_err = _os_error_in_chain(exc)
+            if os_err is not None:  # disk full / not writable: let atomic_output_dir map and clean up
+                raise os_err from exc
             raise ExportError(f"ONNX export of {loaded.name} failed: {type(exc).__name__}: {exc}") from exc
     # optimum writes its own copies of tokenizer/config files only sometimes; ours are written after.
     onnx_files = sorted(p.name for p in out.glob("*.onnx"))
     if onnx_files != ["model.onnx"]:
         raise ExportError(f"unexpected exporter output {onnx_files}; expected a single model.onnx")
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    """The OSError with an errno behind a wrapped exporter error (torch.onnx wraps write failures)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None

@@ -160,10 +160,17 @@ def _from_pretrained(
             tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_id, revision=spec.revision, **kwargs)
         except OSError as exc:
             raise _weights_error(model_id, exc) from exc
-        except (ValueError, RuntimeError, EOFError) as exc:
+        except _corrupt_weight_errors() as exc:
             raise CorruptWeightsError(f"corrupt or truncated weights in {model_id}: {_first_line(exc)}") from exc
     model.eval()
     return LoadedModel(name=name, model_id=model_id, task=task, model=model, tokenizer=tokenizer, revision=spec.revision)
+
+
+def _corrupt_weight_errors() -> tuple[type[BaseException], ...]:
+    """Exception types the loaders raise for truncated or garbled weight files."""
+    from safetensors import SafetensorError
+
+    return (ValueError, RuntimeError, EOFError, SafetensorError)
 
 
 def _weights_error(model_id: str, exc: OSError) -> Exception:
