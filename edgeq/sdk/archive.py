@@ -1,0 +1,218 @@
+"""Single-file transport form of a bundle (a tar), and extraction that cannot write outside its staging dir.
+
+Every member is checked before a byte is extracted: only regular files and directories; no absolute
+paths, ``..``, backslashes or empty components; no symlinks, hardlinks, devices, FIFOs or sparse files;
+no duplicate names; member count and sizes bounded. The store additionally requires the member set
+to equal the signed manifest's file list with the exact sizes, then extracts with Python's
+``filter='data'`` into a fresh, empty staging directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from edgeq._fs import TMP_PREFIX, fsync_dir, os_error_to_edgeq
+from edgeq.errors import BundleError, ConfigError, IntegrityError, OutputExistsError, UnsafeArchiveError
+from edgeq.sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+
+ARCHIVE_SUFFIX = ".edgeq.tar"
+_ALLOWED_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Bounds applied to an archive before anything is extracted (defaults fit a 70B INT4 engine)."""
+
+    max_members: int = 10_000
+    max_file_bytes: int = 256 << 30
+    max_total_bytes: int = 512 << 30
+    #: manifest.json and manifest.sig are read into memory before the signature check.
+    max_manifest_bytes: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_members", "max_file_bytes", "max_total_bytes", "max_manifest_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ArchiveLimits.{name} must be positive")
+
+
+def check_member_name(name: str) -> str:
+    """The normalised POSIX relative path of a member, or UnsafeArchiveError."""
+    if not name or "\x00" in name or "\\" in name:
+        raise UnsafeArchiveError(f"archive member has an unsafe name: {name!r}")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive member has an absolute path: {name!r}")
+    stripped = name[2:] if name.startswith("./") else name
+    stripped = stripped.rstrip("/")
+    parts = stripped.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeArchiveError(f"archive member escapes or is ambiguous: {name!r}")
+    return str(PurePosixPath(*parts))
+
+
+class BundleArchive:
+    """An opened bundle archive whose member list has passed every safety check.
+
+    Use as a context manager. ``read_small`` returns in-memory bytes of manifest-sized members;
+    ``extract_to`` writes the members into an empty staging directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], limits: ArchiveLimits | None = None) -> None:
+        self.path = Path(path)
+        self.limits = limits or ArchiveLimits()
+        try:
+            self._tar = tarfile.open(self.path, mode="r:*")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BundleError(f"not a readable bundle archive: {self.path}: {exc}") from exc
+        try:
+            self.files, self.dirs = self._plan()
+        except BaseException:
+            self._tar.close()
+            raise
+
+    def _plan(self) -> tuple[dict[str, tarfile.TarInfo], set[str]]:
+        files: dict[str, tarfile.TarInfo] = {}
+        dirs: set[str] = set()
+        total = 0
+        try:
+            for count, m in enumerate(self._tar, start=1):
+                if count > self.limits.max_members:
+                    raise UnsafeArchiveError(f"archive has more than {self.limits.max_members} members")
+                name = check_member_name(m.name)
+                if m.type not in _ALLOWED_TYPES or m.issparse():
+                    kind = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "character device",
+                            tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}.get(m.type, f"type {m.type!r}")
+                    raise UnsafeArchiveError(f"archive member {name!r} is a {kind}; only regular files are allowed")
+                if name in files or name in dirs:
+                    raise UnsafeArchiveError(f"archive lists {name!r} twice")
+                if m.isdir():
+                    dirs.add(name)
+                    continue
+                if m.size > self.limits.max_file_bytes:
+                    raise UnsafeArchiveError(f"archive member {name!r} is {m.size} bytes, over the per-file limit")
+                total += m.size
+                if total > self.limits.max_total_bytes:
+                    raise UnsafeArchiveError("archive content is over the total size limit")
+                # Python's own data filter as a second opinion on every member.
+                try:
+                    tarfile.data_filter(m, "/nonexistent-edgeq-staging")
+                except tarfile.FilterError as exc:
+                    raise UnsafeArchiveError(f"archive member {name!r} refused by tarfile's data filter: {exc}") from exc
+                files[name] = m
+        except tarfile.TarError as exc:
+            raise BundleError(f"corrupt bundle archive {self.path}: {exc}") from exc
+        # A file may not also be a directory prefix of another member (a/b file and a/b/c).
+        for name in files:
+            if name in dirs or any(d.startswith(name + "/") for d in dirs):
+                raise UnsafeArchiveError(f"archive member {name!r} is both a file and a directory")
+        prefixes = {str(p) for n in files for p in PurePosixPath(n).parents if str(p) != "."}
+        if clash := prefixes & files.keys():
+            raise UnsafeArchiveError(f"archive member {sorted(clash)[0]!r} is both a file and a directory")
+        return files, dirs
+
+    def __enter__(self) -> BundleArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def read_small(self, name: str) -> bytes | None:
+        """Bytes of member ``name`` (None when absent), bounded by ``max_manifest_bytes``."""
+        m = self.files.get(name)
+        if m is None:
+            return None
+        if m.size > self.limits.max_manifest_bytes:
+            raise UnsafeArchiveError(f"{name} in the archive is {m.size} bytes; refusing to read it")
+        f = self._tar.extractfile(m)
+        if f is None:
+            raise UnsafeArchiveError(f"archive member {name!r} has no data")
+        data = f.read(m.size + 1)
+        if len(data) != m.size:
+            raise BundleError(f"archive member {name!r} is truncated")
+        return data
+
+    def extract_to(self, staging: Path, expected: dict[str, int]) -> None:
+        """Extract exactly the ``expected`` {relpath: size} files into the empty dir ``staging``.
+
+        Refused when the archive holds any other file, lacks one, or a size differs: the signed
+        manifest, not the archive, decides what lands on disk.
+        """
+        # manifest.json/.sig were read (and verified) in memory; the caller writes those exact bytes.
+        have = set(self.files) - {MANIFEST_NAME, SIGNATURE_NAME}
+        want = set(expected)
+        if extra := sorted(have - want):
+            raise UnsafeArchiveError(f"archive holds files the manifest does not list: {extra[:5]}")
+        if missing := sorted(want - have):
+            raise IntegrityError(f"archive lacks files the manifest lists: {missing[:5]}")
+        for name, size in expected.items():
+            if self.files[name].size != size:
+                raise UnsafeArchiveError(
+                    f"archive member {name!r} is {self.files[name].size} bytes, the manifest says {size}"
+                )
+        if any(staging.iterdir()):
+            raise BundleError(f"staging directory {staging} is not empty")
+        members = [self.files[n] for n in sorted(want)]
+        try:
+            self._tar.extractall(staging, members=members, filter="data")
+        except tarfile.TarError as exc:
+            raise BundleError(f"corrupt bundle archive {self.path}: {exc}") from exc
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    # Fixed metadata: the archive of a bundle is byte-identical wherever it is packed.
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mode, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0o644, 0, 0, 0, "", ""
+    return ti
+
+
+def pack(bundle_dir: str | os.PathLike[str], out_file: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write the bundle directory as one uncompressed tar (manifest, signature, then listed files).
+
+    Only files the manifest lists are packed; sizes are checked against the manifest on the way.
+    Written to a temporary sibling, fsynced, then renamed: never a partial archive at ``out_file``.
+    """
+    src = Path(bundle_dir)
+    out = Path(out_file).absolute()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output already exists: {out}", hint="pass --overwrite or choose another --out")
+    manifest = Manifest.load(src)
+    names = [MANIFEST_NAME] + ([SIGNATURE_NAME] if (src / SIGNATURE_NAME).is_file() else [])
+    names += [f.path for f in manifest.files]
+    sizes = {f.path: f.size for f in manifest.files}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + out.name + "-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in names:
+                p = src / name
+                if p.is_symlink() or not p.is_file():
+                    raise BundleError(f"bundle file {name!r} is missing or not a regular file in {src}")
+                size = p.stat().st_size
+                if name in sizes and size != sizes[name]:
+                    raise BundleError(f"bundle file {name!r} is {size} bytes, the manifest says {sizes[name]}")
+                with open(p, "rb") as f:
+                    tar.addfile(_tarinfo(name, size), f)
+            tar.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise os_error_to_edgeq(exc, out) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return p.is_file() and tarfile.is_tarfile(p)
+
