@@ -1,0 +1,189 @@
+"""Canary checks: feeds built from the health arrays, and scores against the unquantized reference.
+
+One implementation serves both sides: the host producer scores the quantized model at build time
+(the baseline) and the device monitor scores the served model with the same code, so a healthy
+model on the same backend reproduces its baseline exactly. Dispatch is a registry keyed by task.
+
+Metrics (all "higher is better", in [0, 1]):
+
+- LM ``top1``: agreement of the served argmax with the reference argmax over every canary position.
+- LM ``kl_quality``: exp(-mean KL(ref || served)), KL taken over the reference top-k tokens plus one
+  bucket for the rest of the vocabulary. Merging tokens into a bucket can only lower KL
+  (data-processing inequality), so this is a lower bound on the full KL that needs only top-k stored.
+- embeddings ``cosine``: mean cosine similarity of pooled, normalised embeddings to the reference.
+- generic ``quality``: 1 - mean|served - ref| / mean|ref| (clipped to [0, 1]) over all outputs.
+
+Each result also carries a ``fingerprint`` of the served outputs (LM: log-probs at the reference
+top-k tokens; encoders: raw pooled embeddings; generic: all outputs) and ``drift()`` measures the
+relative change between two fingerprints of the same version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeq.sdk.model_info import FEATURE_EXTRACTION, GENERIC, TEXT_GENERATION, ModelInfo
+from edgeq.sdk.pooling import pool
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    scores: dict[str, float]
+    finite: bool
+    #: statistic of the outputs used as the live-traffic baseline (LM entropy, embedding norm)
+    online: dict[str, float]
+    fingerprint: np.ndarray | None = None
+
+
+def drift(now: np.ndarray, then: np.ndarray) -> float:
+    """mean|now - then| / mean|then|: relative change of a version's canary outputs (NaN stays NaN)."""
+    if now.shape != then.shape:
+        return float("inf")
+    return float(np.abs(now - then).mean() / max(float(np.abs(then).mean()), 1e-12))
+
+
+@dataclass(frozen=True)
+class CanaryKind:
+    feeds: Callable[[dict[str, np.ndarray], Sequence[str], ModelInfo], Feeds]
+    score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], ModelInfo], CanaryResult]
+
+
+CANARY_KINDS: dict[str, CanaryKind] = {}
+
+
+def register_canary(task: str) -> Callable[[CanaryKind], CanaryKind]:
+    def deco(kind: CanaryKind) -> CanaryKind:
+        CANARY_KINDS[task] = kind
+        return kind
+
+    return deco
+
+
+def run_canary(
+    run: Callable[[Feeds], dict[str, np.ndarray]], arrays: dict[str, np.ndarray], input_names: Sequence[str],
+    info: ModelInfo,
+) -> CanaryResult:
+    """Build the canary feeds, run them through ``run`` (name → array outputs) and score them."""
+    kind = CANARY_KINDS[info.task]
+    return kind.score(arrays, run(kind.feeds(arrays, input_names, info)), info)
+
+
+# -- shared helpers ----------------------------------------------------------------------------------
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of softmax(logits) along the last axis."""
+    lp = log_softmax(logits)
+    return -(np.exp(lp) * lp).sum(axis=-1)
+
+
+def empty_past(input_names: Sequence[str], batch: int, info: ModelInfo) -> Feeds:
+    """Zero-length KV-cache feeds for every ``past_key_values.*`` input (a prefill from scratch)."""
+    shape = (batch, info.num_key_value_heads, 0, info.head_dim)
+    return {n: np.zeros(shape, np.float32) for n in input_names if n.startswith("past_key_values.")}
+
+
+def lm_prefill_feeds(ids: np.ndarray, input_names: Sequence[str], info: ModelInfo) -> Feeds:
+    b, n = ids.shape
+    feeds: Feeds = {"input_ids": ids.astype(np.int64)}
+    if "attention_mask" in input_names:
+        feeds["attention_mask"] = np.ones((b, n), np.int64)
+    if "position_ids" in input_names:
+        feeds["position_ids"] = np.tile(np.arange(n, dtype=np.int64), (b, 1))
+    feeds.update(empty_past(input_names, b, info))
+    return feeds
+
+
+def lm_topk_reference(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, log-probs) of the top-k tokens, best first, per position: what the npz stores for LMs."""
+    lp = log_softmax(logits)
+    idx = np.argpartition(-lp, k - 1, axis=-1)[..., :k]
+    vals = np.take_along_axis(lp, idx, axis=-1)
+    order = np.argsort(-vals, axis=-1)
+    return np.take_along_axis(idx, order, axis=-1).astype(np.int32), np.take_along_axis(vals, order, axis=-1)
+
+
+# -- text generation -----------------------------------------------------------------------------------
+def _lm_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
+    return lm_prefill_feeds(arrays["input_ids"], input_names, info)
+
+
+def _lm_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:
+    logits = outputs["logits"] if "logits" in outputs else next(iter(outputs.values()))
+    finite = bool(np.isfinite(logits).all())
+    ref_ids, ref_lp = arrays["ref_topk_ids"].astype(np.int64), arrays["ref_topk_logp"].astype(np.float32)
+    lp = log_softmax(logits)
+    top1 = float(np.mean(lp.argmax(axis=-1) == ref_ids[..., 0]))
+    got = np.take_along_axis(lp, ref_ids, axis=-1)
+    p_ref = np.exp(ref_lp)
+    tail_ref = np.clip(1.0 - p_ref.sum(-1), 1e-12, 1.0)
+    tail_got = np.clip(1.0 - np.exp(got).sum(-1), 1e-12, 1.0)
+    kl = (p_ref * (ref_lp - got)).sum(-1) + tail_ref * (np.log(tail_ref) - np.log(tail_got))
+    mean_kl = float(np.mean(kl))
+    ent = -(np.exp(lp) * lp).sum(axis=-1)
+    return CanaryResult(
+        scores={"top1": top1, "kl_quality": float(np.exp(-max(mean_kl, 0.0))) if np.isfinite(mean_kl) else float("nan")},
+        finite=finite,
+        online={"entropy_mean": float(np.mean(ent)), "entropy_std": float(np.std(ent))},
+        fingerprint=got.astype(np.float64),
+    )
+
+
+register_canary(TEXT_GENERATION)(CanaryKind(_lm_feeds, _lm_score))
+
+
+# -- feature extraction -----------------------------------------------------------------------------
+def _emb_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
+    return {n: arrays[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids") if n in input_names}
+
+
+def _emb_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:
+    hidden = outputs["last_hidden_state"] if "last_hidden_state" in outputs else next(iter(outputs.values()))
+    finite = bool(np.isfinite(hidden).all())
+    raw = pool(hidden, arrays["attention_mask"], info.pooling, normalize=False)
+    norms = np.linalg.norm(raw, axis=-1)
+    emb = raw / np.maximum(norms[:, None], 1e-12)
+    cos = (emb * arrays["ref_embeddings"]).sum(-1)
+    return CanaryResult(
+        scores={"cosine": float(np.mean(cos))}, finite=finite,
+        online={"norm_mean": float(np.mean(norms)), "norm_std": float(np.std(norms))},
+        fingerprint=raw.astype(np.float64),
+    )
+
+
+register_canary(FEATURE_EXTRACTION)(CanaryKind(_emb_feeds, _emb_score))
+
+
+# -- generic --------------------------------------------------------------------------------------------
+def _gen_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
+    return {k[3:]: v for k, v in arrays.items() if k.startswith("in:")}
+
+
+def _gen_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:
+    finite, err, mag = True, 0.0, 0.0
+    prints = []
+    for k, ref in arrays.items():
+        if not k.startswith("ref:"):
+            continue
+        got = np.asarray(outputs[k[4:]], np.float64)
+        prints.append(got.ravel())
+        finite = finite and bool(np.isfinite(got).all())
+        err += float(np.abs(got - ref).mean())
+        mag += float(np.abs(ref).mean())
+    quality = 1.0 - min(1.0, err / max(mag, 1e-12)) if finite else float("nan")
+    return CanaryResult(scores={"quality": quality}, finite=finite, online={},
+                        fingerprint=np.concatenate(prints) if prints else None)
+
+
+register_canary(GENERIC)(CanaryKind(_gen_feeds, _gen_score))
+

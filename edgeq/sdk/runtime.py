@@ -1,0 +1,410 @@
+"""The device runtime: ``Runtime.open(store, model)`` then ``generate`` / ``embed`` / ``infer``.
+
+The runtime serves the store's active version through the best backend on this machine and keeps
+serving when that version goes bad: the monitor (``edgeq.sdk.monitor``) runs canaries against the
+unquantized reference; on a breach the runtime marks the version bad, loads the previous usable one,
+and swaps it in atomically for new requests while requests already running finish on the old one.
+No usable previous version → keep serving the current one and report ``degraded``.
+
+    with Runtime.open("/var/lib/edgeq", "smollm2-135m") as rt:
+        for piece in rt.generate([{"role": "user", "content": "Hi"}], stream=True):
+            print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import (
+    BundleError,
+    ConfigError,
+    DegradedError,
+    EdgeqError,
+    NoBackendError,
+    NotInstalledError,
+    StoreError,
+)
+from edgeq.sdk.backends import BackendOptions
+from edgeq.sdk.canary import drift, run_canary
+from edgeq.sdk.generate import GenerationConfig
+from edgeq.sdk.serving import Generation
+from edgeq.sdk.health import Verdict
+from edgeq.sdk.loader import Handle, load_version
+from edgeq.sdk.metrics import RuntimeMetrics
+from edgeq.sdk.model_info import FEATURE_EXTRACTION, TEXT_GENERATION
+from edgeq.sdk.monitor import Monitor, MonitorConfig
+from edgeq.sdk.pooling import pool
+from edgeq.sdk.versions import BundleDirCatalog, StoreCatalog, VersionCatalog, now_iso
+
+log = logging.getLogger(__name__)
+EventCallback = Callable[[dict[str, Any]], None]
+#: What refuses a version at load time (it is marked bad and the previous one is tried).
+_LOAD_ERRORS = (BundleError, NoBackendError)
+
+
+class Runtime:
+    """Serves one model. Thread-safe: call ``generate``/``embed``/``infer`` from many threads."""
+
+    def __init__(self, catalog: VersionCatalog, *, backend: BackendOptions | None = None,
+                 monitor: MonitorConfig | None = None, on_event: EventCallback | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.catalog = catalog
+        self.model = catalog.model
+        self.options = backend or BackendOptions()
+        self.monitor_config = monitor or MonitorConfig()
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._switch_lock = threading.Lock()
+        self.metrics = RuntimeMetrics(self.model)
+        self.monitor = Monitor(self.monitor_config, self.model, self._canary, self.metrics.nonfinite)
+        self.degraded: str | None = None
+        self.fallbacks = 0
+        self.last_verdict: Verdict | None = None
+        self._closed = False
+        self._current: Handle = self._load_first()
+        self._bind(self._current)
+        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
+        self.monitor.start()
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, store_dir: str | os.PathLike[str], model_name: str | None = None, *,
+             trusted_keys: Sequence[Any] | None = None, allow_unsigned: bool | None = None,
+             backend: BackendOptions | None = None, monitor: MonitorConfig | None = None,
+             on_event: EventCallback | None = None, metrics_port: int | None = None) -> Runtime:
+        """Open ``model_name`` from the store at ``store_dir`` (or serve a bundle directory in place).
+
+        Args:
+            store_dir: a device store root, or a bundle directory (no fallback possible then).
+            model_name: the model to serve (optional for a bundle directory).
+            trusted_keys / allow_unsigned: passed to the store.
+            backend: backend choice and threads (default: best available, library default threads).
+            monitor: canary schedule and threshold overrides (default: the bundle's thresholds).
+            on_event: called with each health event (fallback, refused, degraded, breach).
+            metrics_port: serve Prometheus metrics on 127.0.0.1:port (0 = any free port).
+        """
+        root = Path(store_dir)
+        if (root / "manifest.json").is_file():
+            catalog: VersionCatalog = BundleDirCatalog(root)
+            if model_name is not None and model_name != catalog.model:
+                raise ConfigError(f"bundle {root} holds {catalog.model!r}, not {model_name!r}")
+        else:
+            if model_name is None:
+                raise ConfigError("model_name is required when opening a store")
+            if not root.is_dir():  # the Store would create an empty store here; a typo should not
+                raise NotInstalledError(f"no device store at {root}", hint="check --store / EDGEQ_STORE")
+            from edgeq.sdk.store import Store
+
+            catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned), model_name)
+        return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the monitor and metrics server and release the backend (waits for running requests)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.monitor.stop()
+        self.metrics.close()
+        with self._lock:
+            h = self._current
+            h.retired = True
+            idle = h.inflight == 0
+        if idle:
+            h.close()
+
+    def _load(self, files: Any) -> Handle:
+        def skipped(name: str, why: str) -> None:
+            log.info("%s v%s: backend %s skipped: %s", self.model, files.version, name, why)
+
+        return load_version(files, self.options, self.monitor_config.thresholds, on_skip=skipped)
+
+    def _load_first(self) -> Handle:
+        """The active version, or — when it is refused (hash, no backend) — the newest usable previous one."""
+        files = self.catalog.active()
+        tried: set[int] = set()
+        while True:
+            tried.add(files.version)
+            try:
+                return self._load(files)
+            except _LOAD_ERRORS as exc:
+                self._event("refused", version=files.version, reason=exc.message)
+                self._mark_bad(files.version, f"refused at load: {exc.message}")
+                prev = self.catalog.previous_usable(exclude=tried)
+                if prev is None:
+                    raise DegradedError(f"no usable version of {self.model}: v{files.version} refused ({exc.message})",
+                                        hint="install a good bundle; `edgeq status` shows the events") from exc
+                self._activate(prev.version, "fallback_on_load")
+                self._event("fallback", reason="refused at load", **{"from": files.version, "to": prev.version})
+                self.fallbacks += 1
+                self.metrics.fallbacks.inc()
+                files = prev
+
+    def _bind(self, h: Handle) -> None:
+        """Point the monitor and metrics at the version now serving."""
+        self.metrics.active_version.set(h.version)
+        spec = h.spec
+        key = "entropy" if h.info.task == TEXT_GENERATION else "norm"
+        shift = spec.thresholds.online_shift if spec else 0.5
+        self.monitor.reset(key, spec.online_baseline if spec else {}, shift)
+
+    # -- handles: in-flight accounting and the atomic switch ----------------------------------------
+    def _acquire(self) -> Handle:
+        with self._lock:
+            h = self._current
+            h.inflight += 1
+        return h
+
+    def _release(self, h: Handle) -> None:
+        with self._lock:
+            h.inflight -= 1
+            close = h.retired and h.inflight == 0
+        if close:
+            h.close()
+
+    def _swap(self, new: Handle) -> Handle:
+        with self._lock:
+            old, self._current = self._current, new
+            old.retired = True
+            close = old.inflight == 0
+        if close:
+            old.close()
+        self._bind(new)
+        return old
+
+    @property
+    def version(self) -> int:
+        """The version serving new requests."""
+        return self._current.version
+
+    @property
+    def requests_served(self) -> int:
+        """Requests completed so far (every kind)."""
+        return sum(log.n + len(log.pending) for log in self.metrics.latency.values())
+
+    @property
+    def backend_name(self) -> str:
+        return self._current.backend.description
+
+    @property
+    def task(self) -> str:
+        return self._current.info.task
+
+    # -- events --------------------------------------------------------------------------------------
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        ev = {"event": kind, "at": now_iso(), "model": self.model, **fields, "requests_served": self.requests_served}
+        try:
+            self.catalog.record_event(ev)
+        except (OSError, EdgeqError) as exc:  # persistence failing must not stop serving
+            log.error("could not persist health event %s: %s", kind, exc)
+        log.warning("%s: %s", self.model, {k: v for k, v in ev.items() if k not in ("model",)})
+        if self._on_event is not None:
+            try:
+                self._on_event(dict(ev))
+            except Exception:  # an app callback must not break the monitor
+                log.exception("on_event callback raised")
+        return ev
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.catalog.events()
+
+    def _mark_bad(self, version: int, reason: str) -> None:
+        try:
+            self.catalog.mark_bad(version, reason)
+        except (OSError, EdgeqError) as exc:
+            log.error("could not mark %s v%s bad: %s", self.model, version, exc)
+
+    def _activate(self, version: int, reason: str) -> None:
+        self.catalog.activate(version, reason=reason)
+
+    # -- the canary and the fallback ------------------------------------------------------------------
+    def check_health(self, reason: str = "manual") -> Verdict | None:
+        """Run one canary on the serving version now (in the calling thread) and act on a breach."""
+        return self._canary(reason)
+
+    def _canary(self, reason: str) -> Verdict | None:
+        h = self._acquire()
+        try:
+            if h.spec is None or not h.spec.arrays:
+                return None
+            names = h.output_names
+
+            def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return dict(zip(names, h.backend.infer(feeds)))
+
+            try:
+                res = run_canary(run, h.spec.arrays, h.backend.input_names, h.info)
+                d = None if h.fingerprint is None or res.fingerprint is None else drift(res.fingerprint, h.fingerprint)
+                verdict = h.spec.judge(res.scores, finite=res.finite, drift=d)
+                if verdict.ok and h.fingerprint is None:
+                    h.fingerprint = res.fingerprint  # this version's outputs on this device, once healthy
+            except Exception as exc:  # a canary that cannot run is a failed canary
+                verdict = Verdict(ok=False, scores={}, limits=h.spec.limits(),
+                                  breaches=(f"canary raised {type(exc).__name__}: {exc}",))
+        finally:
+            self._release(h)
+        self.last_verdict = verdict
+        self.metrics.canary_scores(verdict.scores)
+        (self.metrics.canary_ok if verdict.ok else self.metrics.canary_failed).inc()
+        if not verdict.ok:
+            self._on_breach(h, verdict, reason)
+        return verdict
+
+    def _on_breach(self, bad: Handle, verdict: Verdict, trigger: str) -> None:
+        with self._switch_lock:
+            if self._current is not bad or self._closed:
+                return  # already switched away (or shutting down)
+            if self.degraded:
+                return  # reported once; keep serving
+            self._event("breach", version=bad.version, trigger=trigger, breaches=list(verdict.breaches),
+                        scores=verdict.scores, limits=verdict.limits)
+            self._mark_bad(bad.version, "; ".join(verdict.breaches))
+            tried = {bad.version}
+            while (prev := self._previous(tried)) is not None:
+                tried.add(prev.version)
+                try:
+                    new = self._load(prev)
+                except _LOAD_ERRORS as exc:
+                    self._event("refused", version=prev.version, reason=exc.message)
+                    self._mark_bad(prev.version, f"refused at fallback: {exc.message}")
+                    continue
+                try:
+                    self._activate(prev.version, "health_fallback")
+                except (StoreError, BundleError) as exc:
+                    new.close()
+                    self._event("refused", version=prev.version, reason=exc.message)
+                    continue
+                self._swap(new)
+                self.fallbacks += 1
+                self.metrics.fallbacks.inc()
+                self._event("fallback", reason="; ".join(verdict.breaches), trigger=trigger,
+                            **{"from": bad.version, "to": prev.version})
+                return
+            self.degraded = f"v{bad.version} failed its health check and no previous version is usable"
+            self.metrics.degraded.set(1)
+            self._event("degraded", version=bad.version, reason=self.degraded)
+
+    def _previous(self, tried: set[int]) -> Any:
+        try:
+            return self.catalog.previous_usable(exclude=tried)
+        except (OSError, EdgeqError) as exc:
+            log.error("could not list previous versions: %s", exc)
+            return None
+
+    # -- serving ----------------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on ``feeds`` (input name → array); returns output name → array."""
+        h = self._acquire()
+        t0 = time.perf_counter()
+        try:
+            out = h.backend.infer(feeds)
+        except Exception:
+            self.metrics.errors["infer"].inc()
+            raise
+        finally:
+            self._release(h)
+        dt = time.perf_counter() - t0
+        self.metrics.latency["infer"].add(dt)
+        mon = self.monitor
+        mon.on_request(dt)
+        if mon.want_stats():
+            first = out[0]
+            # one float64 pass, no temporaries: NaN/Inf propagate into the sum; float32 cannot overflow it
+            mon.on_finite(first.dtype.kind != "f" or bool(np.isfinite(first.sum(dtype=np.float64))))
+        return dict(zip(h.output_names, out))
+
+    def embed(self, texts: str | Sequence[str], *, normalize: bool | None = None,
+              max_length: int = 512) -> np.ndarray:
+        """Sentence embeddings (batch, dim) of ``texts``, pooled as the model's config says.
+
+        ``normalize`` defaults to the model's setting (L2-normalised for sentence-transformers models).
+        """
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if not batch:
+            raise ConfigError("embed() needs at least one text")
+        h = self._acquire()
+        t0 = time.perf_counter()
+        try:
+            if h.info.task != FEATURE_EXTRACTION or h.tokenizer is None:
+                raise ConfigError(f"{self.model} is a {h.info.task} model; embed() needs a feature-extraction bundle")
+            encs = h.tokenizer.encode_pair_batch(batch, max_length)
+            n = max(len(e.ids) for e in encs)
+            ids = np.zeros((len(batch), n), np.int64)
+            mask = np.zeros_like(ids)
+            types = np.zeros_like(ids)
+            for r, e in enumerate(encs):
+                ids[r, : len(e.ids)], mask[r, : len(e.ids)], types[r, : len(e.ids)] = e.ids, 1, e.type_ids
+            all_feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            out = h.backend.infer({k: all_feeds[k] for k in h.backend.input_names})
+        except Exception:
+            self.metrics.errors["embed"].inc()
+            raise
+        finally:
+            self._release(h)
+        hidden = out[h.output_names.index("last_hidden_state")] if "last_hidden_state" in h.output_names else out[0]
+        raw = pool(hidden, mask, h.info.pooling, normalize=False)
+        dt = time.perf_counter() - t0
+        self.metrics.latency["embed"].add(dt)
+        mon = self.monitor
+        mon.on_request(dt)
+        norms = np.linalg.norm(raw, axis=-1)
+        if mon.want_stats():
+            finite = bool(np.isfinite(norms).all())
+            mon.on_finite(finite)
+            if finite:
+                mon.on_online(norms)
+        do_norm = h.info.normalize if normalize is None else normalize
+        emb = raw / np.maximum(norms[:, None], 1e-12) if do_norm else raw
+        return emb[0] if single else emb
+
+    # -- generation -------------------------------------------------------------------------------------
+    def generate(self, prompt: Any, max_new_tokens: int = 128, *, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, stop: Sequence[str] = (), seed: int | None = None, stream: bool = False,
+                 config: GenerationConfig | None = None) -> Any:
+        """Generate text for a prompt, a chat (list of {"role", "content"}), or a batch of either.
+
+        Returns a GenerationResult (a list of them for a batch); with ``stream=True`` (one prompt only)
+        an iterator of text pieces whose ``result`` holds the GenerationResult once it is exhausted.
+        Greedy by default (temperature 0); ``stop`` strings end the text before them.
+        """
+        cfg = config or GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                         top_k=top_k, stop=tuple(stop), seed=seed)
+        is_batch = isinstance(prompt, (list, tuple)) and bool(prompt) and not isinstance(prompt[0], Mapping)
+        prompts = list(prompt) if is_batch else [prompt]
+        if stream and is_batch:
+            raise ConfigError("stream=True takes one prompt; call generate once per prompt to stream several")
+        gen = Generation(self, prompts, cfg)
+        if stream:
+            return gen
+        for _ in gen:
+            pass
+        return gen.results if is_batch else gen.results[0]
+
+    # -- status ------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What is serving and how healthy it is (the app's view; `edgeq status` shows the store's)."""
+        h = self._current
+        return {
+            "model": self.model, "version": h.version, "backend": h.backend.description, "task": h.info.task,
+            "degraded": self.degraded, "fallbacks": self.fallbacks, "canaries": self.monitor.canaries,
+            "last_canary": None if self.last_verdict is None else {
+                "ok": self.last_verdict.ok, "scores": self.last_verdict.scores,
+                "limits": self.last_verdict.limits, "breaches": list(self.last_verdict.breaches)},
+            "health_data": h.spec is not None, "nonfinite_outputs": self.monitor.nonfinite,
+            "latency": self.monitor.latency_percentiles(), "online": self.monitor.online_summary(),
+        }
+

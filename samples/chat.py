@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Device chat app: a terminal chat over `edgeq.sdk.Runtime.generate`, streaming tokens as they arrive.
+
+Reads user messages from stdin (one per line), keeps the conversation, prints health events
+(canary breaches, fallbacks to the previous version, refused versions) as they happen.
+
+    python samples/chat.py --store /var/lib/edgeq --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from edgeq.sdk.monitor import MonitorConfig
+from edgeq.sdk.runtime import Runtime
+
+
+def print_event(event: dict[str, Any]) -> None:
+    details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "at", "model"))
+    print(f"\n[health] {event['event']}: {details}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True, help="device store (or a bundle directory)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--system", default=None, help="system prompt")
+    ap.add_argument("--canary-every", type=int, default=50, help="requests between canary checks")
+    args = ap.parse_args(argv)
+
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    monitor = MonitorConfig(every_requests=args.canary_every)
+    with Runtime.open(args.store, args.model, monitor=monitor, on_event=print_event) as rt:
+        print(f"{rt.model} v{rt.version} on {rt.backend_name}. Type a message; EOF to quit.", file=sys.stderr)
+        for line in sys.stdin:
+            text = line.strip()
+            if not text:
+                continue
+            history.append({"role": "user", "content": text})
+            print("assistant> ", end="", flush=True)
+            stream = rt.generate(history, args.max_new_tokens, temperature=args.temperature, stream=True)
+            for piece in stream:
+                print(piece, end="", flush=True)
+            reply = stream.result
+            print(f"\n[{len(reply.token_ids)} tokens, {reply.decode_tokens_per_s:.1f} tok/s, v{reply.version}]",
+                  flush=True)
+            history.append({"role": "assistant", "content": reply.text})
+        status = rt.status()
+        print(f"[status] version={status['version']} degraded={status['degraded']} "
+              f"fallbacks={status['fallbacks']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
