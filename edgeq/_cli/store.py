@@ -39,12 +39,15 @@ def register(app: typer.Typer) -> None:
         from edgeq.sdk.store import Store
 
         s = Store(store)
-        table = Table("model", "active", "kept", "floor", "bad", "precision", "target")
+        from edgeq.sdk.monitor import health_summary
+
+        table = Table("model", "active", "kept", "floor", "bad", "precision", "target", "health")
         for row in s.status():
             active = s.active(row["model"]) if row["active"] is not None else None
             table.add_row(row["model"], str(row["active"]), ", ".join(map(str, row["versions"])), str(row["floor"]),
                           ", ".join(f"v{v}: {r}" for v, r in row["bad"].items()) or "-",
-                          active.manifest.precision if active else "-", active.manifest.target if active else "-")
+                          active.manifest.precision if active else "-", active.manifest.target if active else "-",
+                          _health_cell(health_summary(s, row["model"])) if active else "-")
         console.print(table)
         d = s.device
         console.print(f"device: {'CPU only' if d.cpu_only else f'GPU {d.gpu_name} (cc {d.compute_capability})'}; "
@@ -98,3 +101,10 @@ def register(app: typer.Typer) -> None:
 
         for r in do_pull(url, _store(store, trust), root=root, models=model, allow_downgrade=allow_downgrade):
             console.print(f"{r.model} v{r.version}: {r.action}")
+
+
+def _health_cell(h: dict[str, object]) -> str:
+    """One cell: degraded or ok, and the counts of health events the monitor recorded."""
+    counts = {k: v for k, v in dict(h["counts"]).items() if v}  # type: ignore[call-overload]
+    state = "[red]degraded[/red]" if h["degraded"] else "ok"
+    return state + (" (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")" if counts else "")

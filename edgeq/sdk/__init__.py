@@ -1,8 +1,31 @@
 """edgeq.sdk: the device runtime. Loads the active engine from the store and serves generate/embed/infer.
 
-Imports here must stay light: no torch, transformers or optimum, ever (a test enforces it).
-Heavy optional libraries (onnxruntime, tensorrt, tensorrt_rtx) are imported where they are used.
+``from edgeq.sdk import Runtime, Store`` works, but the submodules load only when first used, so that
+``import edgeq.sdk`` stays cheap. Imports here must stay light: no torch, transformers or optimum, ever
+(``tests/test_layering.py`` enforces it). onnxruntime, tensorrt and tensorrt_rtx load where they are used.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from edgeq.errors import EdgeqError
 
-__all__ = ["EdgeqError"]
+if TYPE_CHECKING:
+    from edgeq.sdk.runtime import Runtime
+    from edgeq.sdk.store import Store
+
+#: public name -> submodule that defines it (loaded on first attribute access)
+_LAZY = {"Runtime": "edgeq.sdk.runtime", "Store": "edgeq.sdk.store"}
+
+__all__ = ["EdgeqError", "Runtime", "Store"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeq.sdk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
