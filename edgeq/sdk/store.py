@@ -292,6 +292,7 @@ class Store:
                 if not p.name.isdigit() or int(p.name) not in installed:
                     self._discard(p)
                     removed.append(str(p.relative_to(self.root)))
+            self._sweep_derived(mdir, installed, removed)
             if st is None:  # a first install that never committed: leave no empty model dir behind
                 for p in (vdir, mdir):
                     if p.is_dir() and not any(p.iterdir()):
@@ -306,6 +307,64 @@ class Store:
         os.replace(path, trash / "x")
         fsync_dir(path.parent)
         shutil.rmtree(trash, ignore_errors=True)
+
+    # -- derived artifacts: engines built on this device from a bundle's plan ---------------------
+    def put_derived(
+        self, model: str, version: int, name: str, data: bytes, info: dict[str, Any] | None = None
+    ) -> None:
+        """Cache ``data`` (e.g. an engine built from the bundle's plan) with an installed version.
+
+        The file is written atomically under ``models/<m>/derived/<v>/`` and its SHA-256 recorded in the
+        committed state, so a crash leaves either no entry or a complete one; it goes when the version goes.
+        """
+        _check_derived_name(name)
+        with self._lock:
+            self._recover()
+            st = self._state(model)
+            if st is None or version not in st.installed:
+                raise NotInstalledError(f"{model} v{version} is not installed in {self.root}")
+            d = self._model_dir(model) / "derived" / str(version)
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / name, data)
+            st.installed[version].setdefault("derived", {})[name] = {
+                "sha256": sha256_bytes(data), "size": len(data), "created_at": now_iso(), "info": info or {},
+            }
+            write_state(self._model_dir(model) / "state.json", st)
+        self.record_event(model, {"event": "derived_cached", "version": version, "name": name, "size": len(data),
+                                  "info": info or {}})
+
+    def read_derived(self, model: str, version: int, name: str) -> bytes | None:
+        """The cached artifact's bytes, hash-checked; None when absent or damaged (the caller rebuilds)."""
+        _check_derived_name(name)
+        st = self._state(model)
+        rec = (st.installed.get(version, {}) if st else {}).get("derived", {}).get(name)
+        if rec is None:
+            return None
+        try:
+            with os.fdopen(open_regular(self._model_dir(model) / "derived" / str(version) / name), "rb") as f:
+                data = f.read(int(rec["size"]) + 1)
+        except (IntegrityError, OSError):
+            data = b""
+        if len(data) != rec["size"] or sha256_bytes(data) != rec["sha256"]:
+            with contextlib.suppress(OSError):
+                self.record_event(model, {"event": "derived_corrupt", "version": version, "name": name})
+            return None
+        return data
+
+    def _sweep_derived(self, mdir: Path, installed: dict[int, dict[str, Any]], removed: list[str]) -> None:
+        """Drop derived files of versions no longer installed, and files their state never recorded."""
+        ddir = mdir / "derived"
+        for p in ddir.iterdir() if ddir.is_dir() else ():
+            v = int(p.name) if p.name.isdigit() else None
+            if v is None or v not in installed:
+                self._discard(p)
+                removed.append(str(p.relative_to(self.root)))
+                continue
+            known = set(installed[v].get("derived", {}))
+            for f in p.iterdir():
+                if f.name not in known:
+                    _rm(f)
+                    removed.append(str(f.relative_to(self.root)))
 
     # -- install --------------------------------------------------------------------------------
     def install(
@@ -459,6 +518,11 @@ class Store:
             rows.append({"model": model, "active": st.active, "floor": st.floor,
                          "versions": sorted(st.installed), "bad": {v: r for v, r in st.bad.items()}})
         return rows
+
+
+def _check_derived_name(name: str) -> None:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != os.path.basename(name):
+        raise ConfigError(f"invalid derived artifact name {name!r}")
 
 
 def _rm(p: Path) -> None:

@@ -68,6 +68,12 @@ class StoreVersion:
     def path(self, relpath: str) -> Path:
         return Path(self.store.verified_path(self.model, self.version, relpath))
 
+    def cache_get(self, name: str) -> bytes | None:
+        return self.store.read_derived(self.model, self.version, name)
+
+    def cache_put(self, name: str, data: bytes, info: dict[str, Any]) -> None:
+        self.store.put_derived(self.model, self.version, name, data, info)
+
 
 class StoreCatalog:
     """``VersionCatalog`` over ``edgeq.sdk.store.Store`` (the contract in issue 6)."""
