@@ -1,0 +1,1 @@
+"""edgeq benchmarks: scripts (not tests) that measure quality, speed, size, build cost and CPI; see BENCHMARKS.md."""
