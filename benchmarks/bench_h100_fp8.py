@@ -48,6 +48,7 @@ LAYER_LINEARS = (("q", HIDDEN, HIDDEN), ("k", HIDDEN, KV_DIM), ("v", HIDDEN, KV_
                  ("gate", HIDDEN, INTER), ("up", HIDDEN, INTER), ("down", INTER, HIDDEN))
 FP8_MAX = 448.0
 DECODE_M = (1, 2, 4, 8, 16)
+GEMM_MODE = "fp8"  # "fp32_dequant" for the diagnostic rerun of the logits check
 DEV = "cuda"  # --cpu-dry-run sets "cpu" to exercise the logits check without a GPU (torch has CPU _scaled_mm)
 PREFILL_M = (512, 1024, 2048)
 
@@ -155,6 +156,30 @@ def fp8_linear(torch: Any, x: Any, wq: Any, w_scale: Any, x_scale: Any | None, r
     return torch._scaled_mm(xq, wq.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
 
 
+_QUANT_FUSED: Any = None
+
+
+def quant_fused(x: Any, scale: Any) -> Any:
+    """scale → clamp → cast to E4M3 in one kernel (torch.compile; eager fallback if compile is unavailable)."""
+    global _QUANT_FUSED
+    import torch
+
+    if _QUANT_FUSED is None:
+        def q(x: Any, s: Any) -> Any:
+            return (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+        try:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = 64  # one specialization per (M, K); the default 8 would go eager
+            _QUANT_FUSED = torch.compile(q, dynamic=False)
+            _QUANT_FUSED(x, scale)
+        except Exception as exc:  # noqa: BLE001 - report, keep measuring the eager form
+            print(f"[h100] torch.compile unavailable for the quant kernel: {exc}")
+            _QUANT_FUSED = q
+    return _QUANT_FUSED(x, scale)
+
+
 def fp8_gemm_fp32(torch: Any, aq: Any, bq: Any, sa: Any, sb: Any) -> Any:
     """FP8 × FP8 on tensor cores with FP32 output (per-tensor unit scales), then the activation scale and
     the per-channel weight scales applied in FP32: the QDQ graph's arithmetic without BF16 output rounding
@@ -165,11 +190,23 @@ def fp8_gemm_fp32(torch: Any, aq: Any, bq: Any, sa: Any, sb: Any) -> Any:
 
 
 # -- 1. speed ------------------------------------------------------------------------------------------------
+#: (label, hidden, intermediate, kv dim, vocab or None, layers): SmolLM2 itself, and one layer of an 8B-class
+#: Llama (hidden 4096, 8 KV heads × 128) to show where FP8 GEMMs start to pay on this GPU.
+STACKS = (("SmolLM2-135M", HIDDEN, INTER, KV_DIM, VOCAB, LAYERS), ("Llama-3-8B, 1 layer", 4096, 14336, 1024, None, 1))
+
+
 def bench_stack(torch: Any, out: Out, quick: bool) -> None:
+    for label, hidden, inter, kv, vocab, layers in STACKS:
+        layers = min(layers, 4) if quick else layers
+        linears = (("q", hidden, hidden), ("k", hidden, kv), ("v", hidden, kv), ("o", hidden, hidden),
+                   ("gate", hidden, inter), ("up", hidden, inter), ("down", inter, hidden))
+        shapes = [(k, n) for _ in range(layers) for _, k, n in linears] + ([(hidden, vocab)] if vocab else [])
+        _bench_one_stack(torch, out, quick, label, layers, shapes)
+
+
+def _bench_one_stack(torch: Any, out: Out, quick: bool, label: str, layers: int, shapes: list[tuple[int, int]]) -> None:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
-    layers = 4 if quick else LAYERS
-    shapes = [(k, n) for _ in range(layers) for _, k, n in LAYER_LINEARS] + [(HIDDEN, VOCAB)]
     w_bf16 = [(torch.randn(n, k, device=dev, generator=g) * k ** -0.5).to(torch.bfloat16) for k, n in shapes]
     rowwise = True
     try:
@@ -199,9 +236,25 @@ def bench_stack(torch: Any, out: Out, quick: bool) -> None:
             for (k, _), (q, s) in zip(shapes, wq):
                 fp8_linear(torch, xs[k], q, s, None, rowwise)
 
+        # Static scales prepared once, and the scale→clamp→cast fused into one kernel by torch.compile:
+        # the per-linear cost an engine pays when the Q is not fused into the previous op.
+        sa_pre = {k: (v.reshape(1, 1).expand(m, 1).contiguous() if rowwise else v.reshape(())) for k, v in static.items()}
+        sb_pre = [s.reshape(1, -1) if rowwise else s.reshape(()) for _, s in wq]
+        xq_pre = {k: (x.float() / static[k]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn) for k, x in xs.items()}
+
+        def fp8_fused_quant() -> None:
+            for i, (k, _) in enumerate(shapes):
+                xq = quant_fused(xs[k], static[k])
+                torch._scaled_mm(xq, wq[i][0].t(), scale_a=sa_pre[k], scale_b=sb_pre[i], out_dtype=torch.bfloat16)
+
+        def fp8_gemm_only() -> None:  # activation already FP8: the bound a Q fused into the previous op approaches
+            for i, (k, _) in enumerate(shapes):
+                torch._scaled_mm(xq_pre[k], wq[i][0].t(), scale_a=sa_pre[k], scale_b=sb_pre[i], out_dtype=torch.bfloat16)
+
         iters = 20 if m <= 16 else 5
         res = {}
-        for name, fn in (("bf16", bf16), ("fp8_static", fp8_static), ("fp8_dynamic", fp8_dynamic)):
+        for name, fn in (("bf16", bf16), ("fp8_static", fp8_static), ("fp8_dynamic", fp8_dynamic),
+                         ("fp8_fused_quant", fp8_fused_quant), ("fp8_gemm_only", fp8_gemm_only)):
             try:
                 res[name] = gpu_time(torch, fn, iters=iters, repeats=5 if quick else 9)
             except Exception as exc:
@@ -209,25 +262,35 @@ def bench_stack(torch: Any, out: Out, quick: bool) -> None:
         if "bf16" not in res:
             continue
         tb = res["bf16"][0]
-        rec = {"what": "linear_stack", "M": m, "layers": layers, "rowwise": rowwise,
+        rec = {"what": "linear_stack", "model": label, "M": m, "layers": layers, "rowwise": rowwise,
                **{f"{k}_s": v[0] for k, v in res.items()}, **{f"{k}_graph": v[1] for k, v in res.items()}}
         recs.append(rec)
         out.doc["records"].append(rec)
         fs = res.get("fp8_static", (None,))[0]
         fd = res.get("fp8_dynamic", (None,))[0]
+        ff = res.get("fp8_fused_quant", (None,))[0]
+        fg = res.get("fp8_gemm_only", (None,))[0]
         phase = "decode" if m <= 16 else "prefill"
-        rows.append([phase, m, r3(tb * 1e6), r3(fs * 1e6) if fs else None, r3(fd * 1e6) if fd else None,
+        rows.append([label, phase, m, r3(tb * 1e6), r3(fs * 1e6) if fs else None, r3(fd * 1e6) if fd else None,
+                     r3(ff * 1e6) if ff else None, r3(fg * 1e6) if fg else None,
                      r3(tb / fs) if fs else None, r3(tb / fd) if fd else None,
+                     r3(tb / ff) if ff else None, r3(tb / fg) if fg else None,
                      r3(weight_bytes_bf16 / tb / 1e9), r3(weight_bytes_fp8 / fs / 1e9) if fs else None,
                      r3(flops_per_token * m / tb / 1e12), r3(flops_per_token * m / fs / 1e12) if fs else None])
-        print(f"[h100] M={m}: bf16 {tb * 1e6:.1f} us, fp8 static {fs and fs * 1e6:.1f} us, dynamic {fd and fd * 1e6:.1f} us")
+        print(f"[h100] {label} M={m}: fused {ff and ff * 1e6:.1f} us, gemm-only {fg and fg * 1e6:.1f} us; bf16 {tb * 1e6:.1f} us, fp8 static {fs and fs * 1e6:.1f} us, dynamic {fd and fd * 1e6:.1f} us")
         del xs
-    out.table(f"SmolLM2-135M linear stack ({layers} layers × 7 linears + head, random weights) per forward, BF16 vs FP8",
-              ["phase", "M tokens", "BF16 µs", "FP8 static-act µs", "FP8 dynamic-act µs", "× static", "× dynamic",
+    out.table(f"{label} linear stack ({layers} layer(s) × 7 linears{' + head' if len(shapes) % 7 else ''}, random weights) per forward, BF16 vs FP8",
+              ["model", "phase", "M tokens", "BF16 µs", "FP8 static-act µs", "FP8 dynamic-act µs", "FP8 fused-quant µs",
+               "FP8 GEMM-only µs", "× static", "× dynamic", "× fused-quant", "× GEMM-only",
                "BF16 weight GB/s", "FP8 weight GB/s", "BF16 TFLOP/s", "FP8 TFLOP/s"], rows,
-              notes="FP8 timings include per-tensor activation quantization (scale, clamp ±448, cast to E4M3) of every "
+              notes="FP8 static/dynamic include per-tensor activation quantization in eager PyTorch (scale, clamp ±448, cast to "
+                    "E4M3: several kernels per linear); fused-quant does it in one torch.compile'd kernel with scales "
+                    "prepared once; GEMM-only starts from FP8 activations (the bound when the Q is fused into the previous "
+                    "op, as TensorRT does). Every "
                     f"linear's input; weights per-{'channel (rowwise _scaled_mm)' if rowwise else 'tensor'}; output BF16. "
                     "CUDA-graph replay; median of repeats. GB/s = weight bytes / time (decode is weight-bandwidth bound).")
+    if label != STACKS[0][0]:
+        return
     out.doc["charts"].append({"file": "h100_fp8_speedup.png", "title": "H100: FP8 speed-up over BF16, SmolLM2 linear stack",
                               "ylabel": "× BF16", "labels": [str(r["M"]) for r in recs],
                               "series": {"FP8 static act": [r.get("bf16_s", 0) / r["fp8_static_s"] if r.get("fp8_static_s") else None for r in recs],
@@ -333,22 +396,48 @@ def logits_check(torch: Any, out: Out, payload: Path) -> None:
             pad = (-m) % 16  # keep M a multiple of 16 for every cuBLASLt FP8 path
             if pad:
                 aq = torch.cat([aq, torch.zeros(pad, aq.shape[1], device=DEV, dtype=aq.dtype)])
-            y = fp8_gemm_fp32(torch, aq, bq, sa_t, sb_t)
+            if GEMM_MODE == "fp32_dequant":  # diagnostic: same FP8 operands, FP32 CUDA-core GEMM (TF32 off)
+                y = (aq.float() * sa_t) @ (bq.float() * sb_t.reshape(1, -1))
+            else:
+                y = fp8_gemm_fp32(torch, aq, bq, sa_t, sb_t)
             y = y[:m].float().cpu().numpy()
             return y.reshape(*lead, -1).astype(np.float32)
 
     ids = np.load(payload / "tiny-llama-fp8" / "check_ids.npy")
     feeds = {k: v for k, v in np.load(payload / "tiny-llama-fp8" / "check_feeds.npz").items()}
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_level = "default (all)"
+    try:
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT <= 1.30 fuses FP8 DQ→MatMul into MatMulIntegerToFloat, which rejects float8
+        out.doc["notes"].append(f"onnxruntime {ort.__version__} with default optimizations refused the FP8 QDQ "
+                                f"ONNX ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); reference run with "
+                                "ORT_ENABLE_BASIC instead")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        ort_level = "ORT_ENABLE_BASIC"
     ref = sess.run(["logits"], feeds)[0]
     ev = ReferenceEvaluator(model, new_ops=[MatMul])
     got = ev.run(["logits"], feeds)[0]
+    global GEMM_MODE
+    diag: dict[str, Any] = {}
+    if DEV == "cuda":  # isolate the FP8 tensor-core GEMM: rerun with the operands multiplied in FP32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        GEMM_MODE = "fp32_dequant"
+        try:
+            g32 = ReferenceEvaluator(model, new_ops=[MatMul]).run(["logits"], feeds)[0]
+            diag = {"fp32_dequant_max_abs_diff": float(np.abs(g32 - ref).max()),
+                    "fp8_vs_fp32_dequant_max_abs_diff": float(np.abs(got - g32).max())}
+            print(f"[h100] logits diagnostic: {diag}")
+        finally:
+            GEMM_MODE = "fp8"
     scale = float(np.abs(ref).max())
     max_abs = float(np.abs(got - ref).max())
     top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
     passed = bool(np.isfinite(got).all() and max_abs <= 1e-2 * scale and top1 >= 0.99 and stats["gpu_matmuls"] > 0)
     out.doc["records"].append({"what": "logits_check", "model": "tiny-llama fp8 QDQ (edgeq)", "tokens": int(ids.size),
-                               "max_abs_diff": max_abs, "max_abs_logit": scale, "top1_agreement": top1, "passed": passed, **stats})
+                               "max_abs_diff": max_abs, "max_abs_logit": scale, "top1_agreement": top1, "passed": passed,
+                               "ort_version": ort.__version__, "ort_optimization": ort_level, **diag, **stats})
     rows = [["tiny-llama, edgeq FP8 QDQ ONNX", int(ids.size), stats["gpu_matmuls"], stats["cpu_matmuls"], r3(max_abs),
              r3(max_abs / scale), r3(top1), "yes" if passed else "NO"]]
     rows += _mlp_check(torch, out)
@@ -405,6 +494,7 @@ def main() -> None:
     p.add_argument("--payload", type=Path, default=Path(".cache/h100_payload"))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only-logits", action="store_true", help="run only the logits check (diagnostics)")
     p.add_argument("--cpu-dry-run", action="store_true", help="run only the logits check on the CPU (debugging here)")
     args = p.parse_args()
     import torch
@@ -420,9 +510,10 @@ def main() -> None:
         raise SystemExit("no CUDA device: this benchmark runs on the lent H100")
     mach = machine(torch)
     print(f"[h100] {mach['cpu']}; torch {torch.__version__}")
-    for name, fn in (("ceilings", lambda: bench_ceilings(torch, out, args.quick)),
-                     ("linear stack", lambda: bench_stack(torch, out, args.quick)),
-                     ("logits check", lambda: logits_check(torch, out, args.payload))):
+    parts = (("ceilings", lambda: bench_ceilings(torch, out, args.quick)),
+             ("linear stack", lambda: bench_stack(torch, out, args.quick)),
+             ("logits check", lambda: logits_check(torch, out, args.payload)))
+    for name, fn in parts[2:] if args.only_logits else parts:
         try:
             fn()
         except Exception as exc:
