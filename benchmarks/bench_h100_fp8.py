@@ -420,6 +420,7 @@ def logits_check(torch: Any, out: Out, payload: Path) -> None:
     ev = ReferenceEvaluator(model, new_ops=[MatMul])
     got = ev.run(["logits"], feeds)[0]
     global GEMM_MODE
+    stats = dict(stats)  # the counts of the FP8 run; the diagnostic rerun below counts into the shared dict again
     diag: dict[str, Any] = {}
     if DEV == "cuda":  # isolate the FP8 tensor-core GEMM: rerun with the operands multiplied in FP32
         torch.backends.cuda.matmul.allow_tf32 = False
