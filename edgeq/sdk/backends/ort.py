@@ -7,6 +7,7 @@ The ONNX and its external-data files are opened by path after the store has veri
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +16,8 @@ import numpy as np
 from edgeq.errors import BundleError
 from edgeq.sdk.backends.base import Backend, BackendOptions, register_backend
 from edgeq.sdk.manifest import EngineInfo
+
+log = logging.getLogger(__name__)
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                  "all": "ORT_ENABLE_ALL"}
@@ -31,6 +34,8 @@ def onnx_engine(version: Any) -> EngineInfo | None:
 
 class _OrtBackend(Backend):
     providers: ClassVar[tuple[str, ...]]
+    #: set when the session had to be opened at basic optimization level (the first line of ORT's error)
+    optimization_fallback: str | None = None
 
     @classmethod
     def match(cls, version: Any) -> EngineInfo | None:
@@ -59,12 +64,32 @@ class _OrtBackend(Backend):
         so.intra_op_num_threads = options.intra_op_threads
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[options.graph_optimization])
         so.log_severity_level = 3
-        self._session = ort.InferenceSession(str(model_path), so, providers=self._providers(ort))
+        self._session = self._session_with_fallback(ort, str(model_path), so)
         self._run = self._session.run
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.input_types = {i.name: i.type for i in self._session.get_inputs()}
         self.description = f"{self.name} ({', '.join(self._session.get_providers())})"
+
+    def _session_with_fallback(self, ort: Any, model_path: str, so: Any) -> Any:
+        """Open the session; if the graph optimizer's fusions reject the QDQ graph, retry at basic level.
+
+        ONNX Runtime 1.30 fuses FP8 DequantizeLinear→MatMul into MatMulIntegerToFloat, which then refuses
+        float8 inputs (InvalidGraph, seen on the H100 image); basic level runs the portable graph as written.
+        """
+        try:
+            return ort.InferenceSession(model_path, so, providers=self._providers(ort))
+        except Exception as exc:
+            basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            if "InvalidGraph" not in type(exc).__name__ or so.graph_optimization_level in (
+                basic, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            ):
+                raise
+            log.warning("onnxruntime %s rejected the optimized graph (%s); running it with basic optimizations",
+                        getattr(ort, "__version__", "?"), str(exc).splitlines()[0][:200])
+            so.graph_optimization_level = basic
+            self.optimization_fallback = str(exc).splitlines()[0][:200]
+            return ort.InferenceSession(model_path, so, providers=self._providers(ort))
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         return self._run(None, feeds)
