@@ -1,0 +1,41 @@
+"""`edgeq build --target X [--model M] [--precision P] [--out DIR] [--sign-key K]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeq._cli.common import OverwriteOpt, console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def build(
+        target: Annotated[str, typer.Option("--target", "-t", help="target profile (see `edgeq targets`)")],
+        model: Annotated[str, typer.Option("--model", "-m", help="hub id, model dir, .gguf, or built-in name")] = "smollm2-135m",
+        precision: Annotated[str | None, typer.Option("--precision", "-p", help="quantization scheme; default: the target's")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle directory (default ./<model>-<target>-<precision>)")] = None,
+        sign_key: Annotated[Path | None, typer.Option("--sign-key", help="ed25519 private key to sign the manifest")] = None,
+        variant: Annotated[str | None, typer.Option("--variant", help="memory variant of the target, e.g. orin-nano-4")] = None,
+        bundle_version: Annotated[int, typer.Option("--bundle-version", help="manifest bundle_version")] = 1,
+        overwrite: OverwriteOpt = False,
+        health: Annotated[bool, typer.Option("--health/--no-health", help="compute health-monitor canaries")] = True,
+    ) -> None:
+        """Build a signed, deployable bundle of MODEL for TARGET: export, quantize, check, build the engine."""
+        from edgeq.converters.build import build as run_build
+
+        result = run_build(model, target, precision, out, sign_key=sign_key, variant=variant,
+                           bundle_version=bundle_version, overwrite=overwrite, console=err_console,
+                           health=health)
+        table = Table("", "", title=f"{result.model_name} → {result.target}", show_header=False)
+        for label, value in result.summary_rows():
+            table.add_row(label, value)
+        console.print(table)
+        for note in result.shape_notes:
+            console.print(f"[yellow]note:[/yellow] shape range fitted to the model: {note}")
+        if result.engine_mode == "planned":
+            console.print("[yellow]engine planned, not built here[/yellow]: the device builds it on first start "
+                          "(plan/build_plan.json; the same command for trtexec is in plan/trtexec.txt)")

@@ -1,0 +1,59 @@
+"""`edgeq targets` (table of target profiles) and `edgeq targets show NAME` (one profile in full)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from edgeq._cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    targets_app = typer.Typer(help="Target hardware profiles (data: edgeq/targets/profiles/*.toml).",
+                              invoke_without_command=True, no_args_is_help=False)
+
+    @targets_app.callback()
+    def targets(ctx: typer.Context) -> None:
+        """List the target profiles."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from edgeq.targets import list_profiles
+
+        table = Table()
+        for col in ("target", "GPU", "engine", "built on", "LLM", "encoder", "no", "memory (default)"):
+            table.add_column(col, no_wrap=col in ("target", "engine", "LLM"))
+        for p in list_profiles():
+            table.add_row(
+                p.name, p.sm, p.engine_flavour, p.build_on,
+                p.default_precision.get("text-generation", "-"), p.default_precision.get("feature-extraction", "-"),
+                ", ".join(p.unsupported) or "-",
+                f"{p.memory_variants_gb[p.default_variant]:g} GB {p.default_variant}",
+            )
+        console.print(table)
+
+    @targets_app.command("show")
+    def show(name: str) -> None:
+        """Print one target profile in full."""
+        from edgeq.targets import get_profile, profile_hash
+
+        p = get_profile(name)
+        table = Table("field", "value", title=f"{p.name}: {p.description}", show_header=False)
+        table.add_row("compute capability", f"{p.compute_capability} ({p.sm})")
+        table.add_row("engine", f"{p.engine_flavour}, built on the {p.build_on}")
+        table.add_row("compute dtype", p.compute_dtype)
+        for task, precs in p.precisions.items():
+            table.add_row(f"precisions ({task})", ", ".join(precs) + f"  [default {p.default_precision[task]}]")
+        for prec, reason in p.unsupported.items():
+            table.add_row(f"no {prec}", reason)
+        for task, shapes in p.shapes.items():
+            table.add_row(f"shapes ({task})", "  ".join(f"{a} {r.min}/{r.opt}/{r.max}" for a, r in shapes.axes().items()))
+        table.add_row("memory variants", ", ".join(
+            f"{v} {gb:g} GB" + (" (default)" if v == p.default_variant else "") for v, gb in p.memory_variants_gb.items()))
+        table.add_row("usable memory", f"{p.usable_memory_fraction:.0%} → {p.memory_budget_bytes() / 2**30:.1f} GiB on {p.default_variant}")
+        table.add_row("DLA cores", str(p.dla_cores))
+        table.add_row("builder", f"optimization level {p.builder_optimization_level}, workspace {p.workspace_mib} MiB, "
+                      f"hardware compat {p.hardware_compatibility}, version compatible {p.version_compatible}")
+        table.add_row("profile hash", profile_hash(p))
+        console.print(table)
+
+    app.add_typer(targets_app, name="targets")

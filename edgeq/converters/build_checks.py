@@ -1,0 +1,167 @@
+"""Capability checks that run before ``edgeq build`` does any work or writes any byte.
+
+- the precision must be one the target's silicon runs (else: the profile's reason + alternatives);
+- weights + KV cache at the profile's max shapes (+ builder workspace) must fit the memory budget;
+- the output must be creatable and the disk must have room for the intermediate files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import DiskFullError, MemoryBudgetError, OutputExistsError, UnsupportedPrecisionError
+from edgeq.targets import KNOWN_PRECISIONS, TargetProfile, TaskShapes
+
+GIB = 1 << 30
+#: Stored bits per quantized linear weight, scales included (INT4: one FP16 scale per 128-block).
+WEIGHT_BITS = {"fp16": 16.0, "fp8": 8.0, "int8": 8.0, "int8-wo": 8.0, "int4-awq": 4.125, "int4-rtn": 4.125}
+#: Bytes per element of non-quantized tensors and the KV cache (the profiles' compute dtype is FP16).
+COMPUTE_BYTES = 2
+
+
+def _alternatives(profile: TargetProfile, task: str | None) -> str:
+    precs = profile.precisions.get(task, ()) if task else profile.all_precisions()
+    return ", ".join(precs)
+
+
+def check_precision(profile: TargetProfile, precision: str, task: str | None = None) -> None:
+    """Refuse a precision the target cannot run, with the hardware reason and what to use instead.
+
+    With ``task=None`` only what is known without the model is checked (runs before loading it).
+    """
+    if precision not in KNOWN_PRECISIONS:
+        raise UnsupportedPrecisionError(
+            f"unknown precision {precision!r}", hint=f"use one of: {', '.join(KNOWN_PRECISIONS)}"
+        )
+    reason = profile.unsupported.get(precision)
+    if reason is not None:
+        raise UnsupportedPrecisionError(
+            f"{profile.name} does not support {precision}: {reason}",
+            hint=f"supported on {profile.name}: {_alternatives(profile, task)}",
+        )
+    if task is None:
+        if precision not in profile.all_precisions():
+            raise UnsupportedPrecisionError(
+                f"{profile.name} does not offer {precision}", hint=f"use one of: {_alternatives(profile, None)}"
+            )
+        return
+    if task not in profile.precisions:
+        raise UnsupportedPrecisionError(
+            f"target {profile.name} has no {task} profile", hint=f"it serves: {', '.join(profile.precisions)}"
+        )
+    if not profile.supports(task, precision):
+        raise UnsupportedPrecisionError(
+            f"{profile.name} does not offer {precision} for {task}", hint=f"use one of: {_alternatives(profile, task)}"
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What the model needs on the target at the profile's max shapes, in bytes."""
+
+    weights: int
+    kv_cache: int
+    workspace: int
+    kv_tokens: int
+    kv_batch: int
+    budget: int
+    variant: str
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.workspace
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights_bytes": self.weights, "kv_cache_bytes": self.kv_cache, "workspace_bytes": self.workspace,
+            "total_bytes": self.total, "budget_bytes": self.budget, "variant": self.variant,
+            "kv_batch": self.kv_batch, "kv_tokens": self.kv_tokens,
+        }
+
+
+def count_params(model: Any, quantize_lm_head: bool = False) -> tuple[int, int]:
+    """(quantizable linear weights, everything else) parameter counts of a torch model."""
+    import torch
+
+    linear = 0
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and (quantize_lm_head or not name.endswith("lm_head")):
+            linear += mod.weight.numel()
+            seen.add(id(mod.weight))
+    other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
+    return linear, other
+
+
+def estimate_memory(
+    profile: TargetProfile, task: str, precision: str, model: Any, shapes: TaskShapes, variant: str | None = None
+) -> MemoryEstimate:
+    """Weights at ``precision`` + FP16 KV cache at max batch x (past + sequence) + the builder workspace."""
+    linear, other = count_params(model)
+    weights = int(linear * WEIGHT_BITS[precision] / 8 + other * COMPUTE_BYTES)
+    kv = tokens = 0
+    if shapes.past is not None:
+        cfg = model.config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        tokens = shapes.past.max + shapes.sequence.max
+        kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * shapes.batch.max * tokens * COMPUTE_BYTES
+    v = variant or profile.default_variant
+    return MemoryEstimate(
+        weights=weights, kv_cache=kv, workspace=profile.workspace_mib << 20, kv_tokens=tokens,
+        kv_batch=shapes.batch.max, budget=profile.memory_budget_bytes(v), variant=v,
+    )
+
+
+def check_memory(est: MemoryEstimate, profile: TargetProfile, model_name: str, precision: str) -> None:
+    """Refuse a model that cannot fit, with the numbers."""
+    if est.fits:
+        return
+    kv = f" + KV cache {est.kv_cache / GIB:.2f} GiB (batch {est.kv_batch} x {est.kv_tokens} tokens)" if est.kv_cache else ""
+    raise MemoryBudgetError(
+        f"{model_name} at {precision} needs ~{est.total / GIB:.2f} GiB on {profile.name}/{est.variant} "
+        f"(weights {est.weights / GIB:.2f} GiB{kv} + builder workspace {est.workspace / GIB:.2f} GiB) "
+        f"but the budget is {est.budget / GIB:.2f} GiB "
+        f"({profile.usable_memory_fraction:.0%} of {profile.memory_variants_gb[est.variant]:g} GiB)",
+        hint="choose a lower precision, a larger --variant, or a target profile with smaller max shapes",
+    )
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """The bundle directory must be creatable (checked again, atomically, when it is written)."""
+    from edgeq._fs import check_parent_writable
+
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output already exists: {out}", hint="pass --overwrite or choose another --out")
+    check_parent_writable(out.absolute())
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def check_disk(out: Path, model: Any, precision: str) -> int:
+    """Refuse up front when the output filesystem cannot hold the intermediate files; returns the need.
+
+    Needs: the FP32 export (4 B/param), the quantized ONNX and an engine of about its size, and the
+    bundle copy of both (a conservative 4 + 3 x stored size per parameter).
+    """
+    linear, other = count_params(model)
+    stored = linear * WEIGHT_BITS[precision] / 8 + other * COMPUTE_BYTES
+    need = int(4 * (linear + other) + 3 * stored)
+    free = disk_free(out.absolute().parent)
+    if free < need:
+        raise DiskFullError(
+            f"not enough disk space in {out.absolute().parent}: the build needs ~{need / GIB:.2f} GiB, "
+            f"{free / GIB:.2f} GiB free",
+            hint="free disk space or choose another --out",
+        )
+    return need

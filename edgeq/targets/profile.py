@@ -1,0 +1,212 @@
+"""The target profile schema: one frozen, typed record per kind of hardware, validated on load.
+
+Profiles are data (``edgeq/targets/profiles/*.toml``); this module only says what a valid one looks
+like. Every field carries a one-line hardware reason here and, as a comment, in each TOML file.
+Standard library only (``edgeq.targets`` sits below the converters and beside the device runtime).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeq.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+#: Precision names edgeq's quantizers produce (``edgeq.converters.quantize`` schemes).
+KNOWN_PRECISIONS = ("fp16", "fp8", "int8", "int8-wo", "int4-awq", "int4-rtn")
+#: Tasks a profile states precisions and shapes for.
+KNOWN_TASKS = ("text-generation", "feature-extraction")
+#: Which library builds and loads the engine.
+ENGINE_FLAVOURS = ("tensorrt", "tensorrt_rtx")
+#: Where the engine can be built: ``host`` (anywhere, CPU-only included) or ``device`` (needs the GPU).
+BUILD_LOCATIONS = ("host", "device")
+#: TensorRT hardware-compatibility levels (``none`` = engine runs only on the GPU kind it was built for).
+HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
+COMPUTE_DTYPES = ("float16", "bfloat16")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_CC = re.compile(r"^\d{1,2}\.\d$")
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """min/opt/max of one dynamic axis: the optimization profile TensorRT tunes kernels for."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.min, self.opt, self.max)):
+            raise ConfigError(f"shape range values must be integers, got {self.as_list()}")
+        if not 0 <= self.min <= self.opt <= self.max or self.max == 0:
+            raise ConfigError(f"shape range must satisfy 0 <= min <= opt <= max, max > 0; got {self.as_list()}")
+
+    def as_list(self) -> list[int]:
+        return [self.min, self.opt, self.max]
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> ShapeRange:
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ConfigError(f"{where}: expected [min, opt, max], got {value!r}")
+        return cls(*value)
+
+
+@dataclass(frozen=True)
+class TaskShapes:
+    """Dynamic-axis ranges for one task. ``past`` (KV cache length) only applies to text generation."""
+
+    batch: ShapeRange
+    sequence: ShapeRange
+    past: ShapeRange | None = None
+
+    def axes(self) -> dict[str, ShapeRange]:
+        out = {"batch": self.batch, "sequence": self.sequence}
+        if self.past is not None:
+            out["past"] = self.past
+        return out
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One kind of target hardware. Field reasons (the TOML files repeat them per target):
+
+    - ``compute_capability``: the SM version; decides which tensor-core datatypes exist (FP8 needs >= 8.9).
+    - ``engine_flavour``: full TensorRT (Jetson, data centre) or TensorRT for RTX (consumer GPUs).
+    - ``build_on``: TensorRT-RTX builds anywhere; full TensorRT builds on the device it serves.
+    - ``hardware_compatibility`` / ``version_compatible``: TensorRT portability switches (not on JetPack).
+    - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16).
+    - ``builder_optimization_level``, ``workspace_mib``: build effort and tactic scratch memory.
+    - ``dla_cores``: NVDLA engines present (Jetson AGX/NX); 0 on discrete GPUs.
+    - ``memory_variants_gb`` / ``default_variant`` / ``usable_memory_fraction``: the memory budget
+      (shared CPU/GPU memory on Jetson, VRAM on discrete GPUs) and how much of it a model may use.
+    - ``precisions`` / ``default_precision`` per task; ``unsupported`` maps a precision to why not.
+    - ``shapes`` per task: batch / sequence / past-length ranges for the optimization profile.
+    """
+
+    name: str
+    description: str
+    compute_capability: str
+    engine_flavour: str
+    build_on: str
+    precisions: dict[str, tuple[str, ...]]
+    default_precision: dict[str, str]
+    shapes: dict[str, TaskShapes]
+    memory_variants_gb: dict[str, float]
+    default_variant: str
+    usable_memory_fraction: float
+    unsupported: dict[str, str] = field(default_factory=dict)
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    compute_dtype: str = "float16"
+    builder_optimization_level: int = 3
+    workspace_mib: int = 1024
+    dla_cores: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check(self.schema_version == SCHEMA_VERSION, f"schema_version {self.schema_version} != {SCHEMA_VERSION}")
+        _check(bool(_NAME.match(self.name or "")), f"invalid profile name {self.name!r} (lowercase, digits, '-')")
+        _check(bool(_CC.match(self.compute_capability)), f"compute_capability must look like '8.9', got {self.compute_capability!r}")
+        _one_of("engine_flavour", self.engine_flavour, ENGINE_FLAVOURS)
+        _one_of("build_on", self.build_on, BUILD_LOCATIONS)
+        _one_of("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPAT)
+        _one_of("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _check(0 <= self.builder_optimization_level <= 5, "builder_optimization_level must be 0..5")
+        _check(self.workspace_mib > 0 and self.dla_cores >= 0, "workspace_mib must be > 0 and dla_cores >= 0")
+        _check(0 < self.usable_memory_fraction <= 1, "usable_memory_fraction must be in (0, 1]")
+        _check(bool(self.memory_variants_gb), "memory_variants_gb must list at least one variant")
+        _check(all(v > 0 for v in self.memory_variants_gb.values()), "memory variants must be > 0 GB")
+        _one_of("default_variant", self.default_variant, tuple(self.memory_variants_gb))
+        object.__setattr__(self, "precisions", {t: tuple(p) for t, p in self.precisions.items()})
+        _check(bool(self.precisions), "precisions must name at least one task")
+        for task, precs in self.precisions.items():
+            _one_of("precisions task", task, KNOWN_TASKS)
+            _check(bool(precs), f"precisions.{task} is empty")
+            for p in precs:
+                _one_of(f"precisions.{task}", p, KNOWN_PRECISIONS)
+                _check(p not in self.unsupported, f"{p} is both supported and unsupported")
+            _check(task in self.default_precision, f"default_precision.{task} is missing")
+            _check(task in self.shapes, f"shapes.{task} is missing")
+        for task, p in self.default_precision.items():
+            _check(task in self.precisions and p in self.precisions[task],
+                   f"default_precision.{task} = {p!r} is not in precisions.{task}")
+        for p in self.unsupported:
+            _one_of("unsupported", p, KNOWN_PRECISIONS)
+        _check(
+            self.shapes.get("text-generation") is None or self.shapes["text-generation"].past is not None,
+            "shapes.text-generation needs a past range (KV cache length)",
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+    @property
+    def sm(self) -> str:
+        """``sm89`` style name of the compute capability."""
+        return "sm" + self.compute_capability.replace(".", "")
+
+    def memory_budget_bytes(self, variant: str | None = None) -> int:
+        """Bytes a model (weights + KV cache) may use on ``variant`` (default: ``default_variant``)."""
+        v = variant or self.default_variant
+        if v not in self.memory_variants_gb:
+            raise ConfigError(
+                f"unknown memory variant {v!r} for {self.name}", hint=f"use one of: {', '.join(self.memory_variants_gb)}"
+            )
+        return int(self.memory_variants_gb[v] * (1 << 30) * self.usable_memory_fraction)
+
+    def supports(self, task: str, precision: str) -> bool:
+        return precision in self.precisions.get(task, ())
+
+    def all_precisions(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for precs in self.precisions.values():
+            seen.update(dict.fromkeys(precs))
+        return tuple(seen)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["precisions"] = {t: list(p) for t, p in self.precisions.items()}
+        d["shapes"] = {
+            t: {axis: r.as_list() for axis, r in s.axes().items()} for t, s in self.shapes.items()
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> TargetProfile:
+        """Build and validate a profile from parsed TOML/JSON; unknown keys are refused (typos)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown profile fields {unknown}", hint=f"valid fields: {sorted(known)}")
+        d = dict(data)
+        try:
+            shapes = {}
+            for task, axes in (d.get("shapes") or {}).items():
+                extra = set(axes) - {"batch", "sequence", "past"}
+                _check(not extra, f"shapes.{task}: unknown axes {sorted(extra)}")
+                shapes[task] = TaskShapes(
+                    batch=ShapeRange.parse(axes.get("batch"), f"shapes.{task}.batch"),
+                    sequence=ShapeRange.parse(axes.get("sequence"), f"shapes.{task}.sequence"),
+                    past=ShapeRange.parse(axes["past"], f"shapes.{task}.past") if "past" in axes else None,
+                )
+            d["shapes"] = shapes
+            d["memory_variants_gb"] = {k: float(v) for k, v in (d.get("memory_variants_gb") or {}).items()}
+            return cls(**d)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: invalid profile: {exc}") from exc
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(what: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{what}: {value!r} is not one of {list(allowed)}")

@@ -1,0 +1,65 @@
+"""Real TensorRT-RTX engines, built on the CPU, for every RTX target at every precision it supports.
+
+The tiny Llama is quantized once per precision with the real quantizer; each target's engine is then
+built from that QDQ ONNX with the same plan code `edgeq build` uses (the full pipeline runs in
+test_build.py). FP8 for sm86 is refused by our check, before TensorRT would fail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeq.converters.build_checks import check_precision
+from edgeq.converters.build_plan import fit_shapes, make_plan
+from edgeq.errors import EngineBuildError, UnsupportedPrecisionError
+from edgeq.sdk.trt.builder import build_engine, flavour_available
+from edgeq.targets import get_profile
+
+pytestmark = pytest.mark.skipif(not flavour_available("tensorrt_rtx"), reason="tensorrt_rtx_bindings not installed")
+
+TASK = "text-generation"
+RTX = ("rtx-ampere", "rtx-ada", "rtx-blackwell")
+PRECISIONS = sorted({p for t in RTX for p in get_profile(t).precisions[TASK]})
+CASES = [(t, p) for t in RTX for p in get_profile(t).precisions[TASK]]
+TINY_POSITIONS = 512
+
+
+@pytest.fixture(scope="session")
+def quantized_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from edgeq.converters.quantize import get_config, quantize
+    from edgeq.converters.sources import load_model
+
+    loaded = load_model("tiny-llama")
+    root = tmp_path_factory.mktemp("quantized")
+    # small calibration/holdout: the tiny model needs no more, and the suite stays fast
+    return {p: quantize(loaded, get_config(p, calib_tokens=256, calib_seq_len=64, holdout_tokens=128), root / p).onnx_path
+            for p in PRECISIONS}
+
+
+def test_every_rtx_precision_is_covered() -> None:
+    assert len(CASES) == 14 and ("rtx-ampere", "fp8") not in CASES
+
+
+@pytest.mark.parametrize("target, precision", CASES)
+def test_rtx_engine_builds_on_cpu(target: str, precision: str, quantized_tiny_llama: dict[str, Path]) -> None:
+    profile = get_profile(target)
+    check_precision(profile, precision, TASK)
+    onnx_path = quantized_tiny_llama[precision]
+    plan, planned = make_plan(profile, TASK, onnx_path, precision, max_positions=TINY_POSITIONS)
+    assert plan.compute_capabilities == (profile.compute_capability,)
+    built = build_engine(plan, onnx_path)
+    assert built.info.flavour == "tensorrt_rtx" and built.info.engine_size == len(built.engine) > 100_000
+    assert built.info.peak_rss_bytes > 0 and built.info.seconds > 0
+
+
+def test_fp8_on_sm86_is_refused_by_our_check_before_tensorrt(quantized_tiny_llama: dict[str, Path]) -> None:
+    ampere = get_profile("rtx-ampere")
+    with pytest.raises(UnsupportedPrecisionError, match="sm86 has no FP8 tensor cores"):
+        check_precision(ampere, "fp8", TASK)
+    # ...and TensorRT-RTX would indeed have failed, later and less clearly:
+    onnx_path = quantized_tiny_llama["fp8"]
+    plan, _ = make_plan(ampere, TASK, onnx_path, "fp8", planned=fit_shapes(ampere.shapes[TASK], TINY_POSITIONS))
+    with pytest.raises(EngineBuildError, match="sm86"):
+        build_engine(plan, onnx_path)

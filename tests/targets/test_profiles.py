@@ -1,0 +1,126 @@
+"""Target profiles: the built-in TOML files load and validate; adding a target is adding a file."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edgeq.errors import ConfigError, UnknownTargetError
+from edgeq.targets import TargetProfile, get_profile, list_profiles, profile_hash, profile_names
+from edgeq.targets.registry import BUILTIN_DIR
+
+BUILTINS = ["h100-fp8", "jetson-orin", "rtx-ada", "rtx-ampere", "rtx-blackwell"]
+
+
+def test_builtin_targets_listed() -> None:
+    assert profile_names() == BUILTINS
+    assert [p.name for p in list_profiles()] == BUILTINS
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_profile_round_trips_and_hash_is_stable(name: str) -> None:
+    p = get_profile(name)
+    again = TargetProfile.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert again == p
+    assert profile_hash(again) == profile_hash(p)
+    assert len(profile_hash(p)) == 64
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_field_has_a_reason_comment(name: str) -> None:
+    """Each top-level scalar field is preceded (somewhere above) by a comment block; count them."""
+    text = (BUILTIN_DIR / f"{name}.toml").read_text()
+    assert text.count("\n#") >= 8, "profiles document their fields with hardware reasons"
+
+
+def test_hardware_facts() -> None:
+    jetson, ampere, ada, bw, h100 = (get_profile(n) for n in ["jetson-orin", "rtx-ampere", "rtx-ada", "rtx-blackwell", "h100-fp8"])
+    assert (jetson.sm, ampere.sm, ada.sm, bw.sm, h100.sm) == ("sm87", "sm86", "sm89", "sm120", "sm90")
+    assert jetson.engine_flavour == h100.engine_flavour == "tensorrt"
+    assert {ampere.engine_flavour, ada.engine_flavour, bw.engine_flavour} == {"tensorrt_rtx"}
+    assert jetson.default_precision == {"text-generation": "int4-awq", "feature-extraction": "int8"}
+    assert ampere.default_precision["text-generation"] == "int4-awq"
+    assert ada.default_precision["text-generation"] == bw.default_precision["text-generation"] == "fp8"
+    assert h100.default_precision["text-generation"] == "fp8"
+    assert "fp8" not in jetson.all_precisions() and "fp8" not in ampere.all_precisions()
+    assert "sm87 has no FP8 tensor cores" in jetson.unsupported["fp8"]
+    assert "sm86 has no FP8" in ampere.unsupported["fp8"]
+    assert jetson.dla_cores == 2 and ada.dla_cores == 0
+    assert {"agx-orin-64", "agx-orin-32", "orin-nx-16", "orin-nx-8", "orin-nano-8", "orin-nano-4"} <= set(jetson.memory_variants_gb)
+    assert jetson.memory_budget_bytes("orin-nano-4") < jetson.memory_budget_bytes("agx-orin-64")
+    assert jetson.shapes["text-generation"].past is not None
+
+
+def test_unknown_target_lists_valid_ones() -> None:
+    with pytest.raises(UnknownTargetError) as e:
+        get_profile("jetson-xavier")
+    for name in BUILTINS:
+        assert name in e.value.message
+
+
+def _write(tmp: Path, name: str, **changes: object) -> Path:
+    data = tomllib.loads((BUILTIN_DIR / "rtx-ada.toml").read_text())
+    data["name"] = name
+    data.update(changes)
+    lines = []
+    # tiny TOML writer: enough for the profile's shape (scalars, tables, nested tables)
+    def emit(prefix: str, d: dict) -> None:
+        scal = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for k, v in scal.items():
+            lines.append(f'"{k}" = {json.dumps(v)}')
+        for k, v in d.items():
+            if isinstance(v, dict):
+                emit(f'{prefix}."{k}"' if prefix else f'"{k}"', v)
+    emit("", data)
+    path = tmp / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_adding_a_target_is_adding_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, "rtx-ada-laptop", description="RTX 40xx laptop", memory_variants_gb={"laptop-8": 8}, default_variant="laptop-8")
+    p = get_profile("rtx-ada-laptop", search_path=[tmp_path])
+    assert p.compute_capability == "8.9" and p.memory_variants_gb == {"laptop-8": 8.0}
+    monkeypatch.setenv("EDGEQ_TARGETS_PATH", str(tmp_path))
+    assert "rtx-ada-laptop" in profile_names()
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"compute_capability": "sm89"}, "compute_capability"),
+        ({"engine_flavour": "onnxruntime"}, "engine_flavour"),
+        ({"default_precision": {"text-generation": "int8", "feature-extraction": "fp8"}}, "default_precision"),
+        ({"precisions": {"text-generation": ["fp16", "fp4"], "feature-extraction": ["fp16"]}}, "fp4"),
+        ({"shapes": {"text-generation": {"batch": [1, 4, 2], "sequence": [1, 1, 8], "past": [0, 1, 8]},
+                     "feature-extraction": {"batch": [1, 1, 1], "sequence": [1, 1, 8]}}}, "min <= opt <= max"),
+        ({"usable_memory_fraction": 1.5}, "usable_memory_fraction"),
+        ({"default_variant": "rtx-9999"}, "default_variant"),
+        ({"dla": 3}, "unknown profile fields"),
+    ],
+)
+def test_bad_profiles_are_refused(tmp_path: Path, changes: dict, match: str) -> None:
+    path = _write(tmp_path, "bad-target", **changes)
+    with pytest.raises(ConfigError, match=match):
+        get_profile("bad-target", search_path=[tmp_path])
+    assert str(path) in str(pytest.raises(ConfigError, get_profile, "bad-target", search_path=[tmp_path]).value)
+
+
+def test_file_name_must_match_profile_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, "one")
+    path.rename(tmp_path / "two.toml")
+    with pytest.raises(ConfigError, match="must match the file name"):
+        get_profile("two", search_path=[tmp_path])
+
+
+def test_targets_import_no_heavy_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, edgeq.targets; edgeq.targets.list_profiles(); print([m for m in ('torch','onnx','transformers','tensorrt_rtx_bindings') if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
