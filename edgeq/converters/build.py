@@ -284,7 +284,9 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
         quant_config=quant_config,
         model_id=loaded.model_id,
         files=files,
-        engines=(engine,),
+        # The QDQ ONNX itself is the portable fallback: ONNX Runtime runs it on any device, CPU-only included
+        # (CI, a dev box, a device whose GPU is not the target's), so every bundle lists it as an engine too.
+        engines=(engine, EngineInfo(flavour="onnx", onnx=ONNX_PATH, precision=precision)),
         model_revision=loaded.revision,
         build=build_info,
     )

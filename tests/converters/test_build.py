@@ -64,8 +64,9 @@ def test_rtx_ada_bundle_has_fp8_engine_and_full_record(ada_bundle: tuple[Path, o
     out, result = ada_bundle
     m = Manifest.load(out)
     assert m.target == "rtx-ada" and m.precision == "fp8" and result.precision == "fp8"  # the profile default
-    (engine,) = m.engines
+    engine, portable = m.engines
     assert engine.flavour == "tensorrt_rtx" and engine.path == "engine/model.engine"
+    assert portable.flavour == "onnx" and portable.onnx == "model/model.onnx" and portable.precision == "fp8"
     assert engine.compute_capabilities == ("8.9",) and engine.trt_version and engine.trt_version.startswith("1.")
     for f in m.files:  # every file is listed with its real hash
         assert sha256_file(out / f.path) == f.sha256 and (out / f.path).stat().st_size == f.size
@@ -85,6 +86,24 @@ def test_rtx_ada_bundle_has_fp8_engine_and_full_record(ada_bundle: tuple[Path, o
     assert "x FP16" in rows["ONNX size"] and "built here with tensorrt_rtx" in rows["engine"]
 
 
+def test_rtx_bundle_installs_and_serves_on_a_cpu_only_device(ada_bundle: tuple[Path, object], tmp_path: Path) -> None:
+    """A CPU-only device (this machine) accepts the RTX bundle through its ONNX entry and generates with it."""
+    from edgeq.sdk import Runtime, Store
+    from edgeq.sdk.device import DeviceInfo
+
+    out, _ = ada_bundle
+    cpu = DeviceInfo(compute_capability=None)
+    store = Store(tmp_path / "store", allow_unsigned=False, device=cpu)
+    store.trust(next((out.parent / "keys").glob("*.pub")))
+    installed = store.install(out)
+    assert installed.active and [e.flavour for e in installed.manifest.engines] == ["tensorrt_rtx", "onnx"]
+    with Runtime.open(tmp_path / "store", installed.model) as rt:
+        res = rt.generate("def main():", max_new_tokens=4)
+        backend = str(rt.status())
+    assert len(res.token_ids) == 4 and res.finish_reason == "length" and res.version == 1
+    assert "onnxruntime-cpu" in backend
+
+
 @pytest.fixture
 def tensorrt_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     fl = builder.FLAVOURS["tensorrt"]
@@ -97,8 +116,9 @@ def test_jetson_bundle_carries_onnx_and_plan_that_the_device_builder_builds(tmp_
     m = Manifest.load(out)
     assert result.engine_mode == "planned" and "not built here" in result.engine_note
     assert not (out / "engine").exists()
-    (engine,) = m.engines
+    engine, portable = m.engines
     assert engine.flavour == "tensorrt" and engine.path is None and engine.plan == "plan/build_plan.json"
+    assert portable.flavour == "onnx" and portable.onnx == engine.onnx
     assert m.build["engine_mode"] == "planned" and m.health is None and m.build["health_data"] is False
     plan = BuildPlan.load(out / "plan/build_plan.json")
     assert plan.flavour == "tensorrt" and plan.hardware_compatibility == "none" and not plan.compute_capabilities
