@@ -10,7 +10,14 @@ import sys
 
 import typer
 
+from edgeq._cli import bench as _bench
+from edgeq._cli import build as _build
 from edgeq._cli import export as _export
+from edgeq._cli import quantize as _quantize
+from edgeq._cli import run as _run
+from edgeq._cli import keys as _keys
+from edgeq._cli import store as _store
+from edgeq._cli import targets as _targets
 from edgeq._cli.common import console
 from edgeq._cli.errors import debug_enabled, report
 
@@ -22,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (_export,):
+for _module in (_export, _quantize, _targets, _build, _keys, _store, _run, _bench):
     _module.register(app)
 
 

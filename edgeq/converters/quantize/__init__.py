@@ -1,0 +1,16 @@
+"""edgeq quantizers: FP8 / INT8 (weight-only and SmoothQuant W8A8) / INT4 (RTN, AWQ) as one portable QDQ ONNX.
+
+    from edgeq.converters.quantize import quantize, get_config
+    res = quantize("smollm2-135m", get_config("int4-awq", block_size=64), "out/smollm2-int4")
+
+The math runs in torch on the FP32 model, block by block on calibration text; the folded FP graph is
+exported and a thin emitter swaps weights for INT4/INT8/FP8 initializers + DequantizeLinear (and Q->DQ on
+W8A8 activations). The result loads in ONNX Runtime CPU and parses in TensorRT(-RTX).
+"""
+
+from edgeq.converters.quantize.api import QUANT_CONFIG, QUANT_REPORT, QuantizeResult, quantize
+from edgeq.converters.quantize.budget import AccuracyBudget
+from edgeq.converters.quantize.config import SCHEMES, QuantConfig, get_config
+
+__all__ = ["quantize", "get_config", "SCHEMES", "QuantizeResult", "QuantConfig", "AccuracyBudget",
+           "QUANT_CONFIG", "QUANT_REPORT"]

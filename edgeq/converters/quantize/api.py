@@ -1,0 +1,195 @@
+"""``quantize(model, config, out_dir)``: calibrate, quantize, (optionally) fit an accuracy budget, export the
+folded FP graph, emit QDQ, validate against the FP reference in ONNX Runtime, and write everything atomically."""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq._fs import atomic_output_dir, check_parent_writable
+from edgeq.converters.quantize.budget import AccuracyBudget, apply_budget
+from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
+from edgeq.converters.quantize.config import Int4AwqConfig, Int4RtnConfig, QuantConfig, get_config
+from edgeq.converters.quantize.numerics import LinearPlan
+from edgeq.converters.quantize.registry import QuantContext, check_int4_fits, quantizer_for
+from edgeq.converters.quantize.sensitivity import layer_sensitivity, write_sensitivity
+from edgeq.converters.sources import TEXT_GENERATION, LoadedModel, load_model
+from edgeq.errors import ConfigError, OutputExistsError, QuantizationError, ValidationError
+
+QUANT_CONFIG = "quant_config.json"
+QUANT_REPORT = "quantize_report.json"
+_BITS = {"int4": 4, "int8": 8, "fp8": 8}
+_SENS_SEQS = 2  # calibration sequences used per sensitivity measurement
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    out_dir: Path
+    onnx_path: Path
+    report: dict[str, Any]
+    config: QuantConfig
+
+
+def _resolve(model: str | Path | LoadedModel, mutate: bool) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        # never change the caller's model: scale folding rewrites weights in place
+        return copy.deepcopy(model) if mutate else model
+    p = Path(model)
+    if p.is_dir() and (p / "edgeq_model.json").is_file() and (p / "model.onnx").is_file():
+        info = json.loads((p / "edgeq_model.json").read_text())
+        return load_model(info["name"] if info["name"] in _builtin_names() else info["model_id"])
+    return load_model(str(model))
+
+
+def _builtin_names() -> set[str]:
+    from edgeq.converters.sources import builtin_models
+
+    return set(builtin_models())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process: on a shared machine wall time overstates the cost."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _validate_onnx(loaded: LoadedModel, cand: Path, ref: Path, holdout: Any, cfg: QuantConfig) -> dict[str, Any]:
+    from edgeq.converters import evaluate
+
+    if loaded.task == TEXT_GENERATION:
+        ids = holdout.reshape(-1).numpy()
+        cmp = evaluate.compare_lm(cand, ref, ids=ids, num_tokens=len(ids), window=holdout.shape[1])
+        return {**cmp.to_dict(), "limit": {"max_kl": cfg.max_kl}, "passed": bool(cmp.mean_kl <= cfg.max_kl)}
+    batches = [(holdout.numpy(), (holdout * 0 + 1).numpy())]
+    emb = evaluate.compare_embeddings(cand, ref, batches=batches)
+    return {**emb.to_dict(), "limit": {"min_cosine": cfg.min_cosine}, "passed": bool(emb.mean_cosine >= cfg.min_cosine)}
+
+
+def _size_cost(plans: dict[str, LinearPlan], names: list[str]) -> int:
+    """Extra bytes of keeping ``names`` in FP16 instead of their quantized form."""
+    return int(sum(plans[n].q.numel() * (16 - _BITS[plans[n].kind]) / 8 for n in names))
+
+
+def quantize(
+    model: str | Path | LoadedModel,
+    config: QuantConfig | str,
+    out_dir: str | Path,
+    *,
+    calib_text: str | None = None,
+    accuracy_budget: str | AccuracyBudget | None = None,
+    report_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> QuantizeResult:
+    """Quantize ``model`` with ``config`` into ``out_dir`` (model.onnx + side files + quant_config/report JSON).
+
+    Args:
+        model: built-in name / hub id / model dir / .gguf, an exported edgeq ONNX dir, or a LoadedModel
+            (never modified: schemes that fold scales work on a copy).
+        config: a QuantConfig (see ``get_config``) or a scheme name with default options.
+        out_dir: directory to create; appears only when everything succeeded.
+        calib_text: calibration text (default: the shipped calibration.txt; never the eval text).
+        accuracy_budget: e.g. ``ppl+1%`` or ``cosine>=0.995``: keep the most sensitive layers in FP16
+            until it holds on held-out calibration text.
+        report_dir: also write the per-layer sensitivity table (JSON + PNG) there.
+        overwrite: replace an existing ``out_dir`` once the new one is complete.
+    """
+    t0 = time.time()
+    cfg = get_config(config) if isinstance(config, str) else config
+    if not isinstance(cfg, QuantConfig):
+        raise ConfigError(f"config must be a QuantConfig or scheme name, got {type(config).__name__}")
+    if cfg.compute_dtype != "float32":
+        raise ConfigError("compute_dtype float16 is not implemented yet; the emitted graph computes in float32",
+                          hint="use the default float32 (TensorRT-RTX builds it; ORT CPU runs it fastest)")
+    budget = AccuracyBudget.parse(accuracy_budget) if isinstance(accuracy_budget, str) else accuracy_budget
+    out_dir = Path(out_dir)
+    # plan before execute: refuse a taken output or an unusable setting before minutes of work
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"output already exists: {out_dir}", hint="pass --overwrite or choose another --out")
+    check_parent_writable(out_dir.absolute())
+    loaded = _resolve(model, mutate=cfg.folds_scales)
+    if budget is not None:
+        budget.check_task(loaded.task)
+    linears, kept = quantizable_linears(loaded, cfg.keep_fp16, cfg.quantize_lm_head)
+    if isinstance(cfg, (Int4AwqConfig, Int4RtnConfig)):
+        check_int4_fits(linears, cfg.block_size)
+    needs_data = cfg.needs_calibration or budget is not None or report_dir is not None or cfg.validate
+    calib = make_calib_data(loaded, calib_text, tokens=cfg.calib_tokens, seq_len=cfg.calib_seq_len,
+                            holdout=cfg.holdout_tokens) if needs_data else None
+
+    ctx = QuantContext(loaded=loaded, cfg=cfg, linears=linears, calib=calib)
+    t_q, c_q = time.time(), _cpu_s()
+    plans = quantizer_for(cfg)(ctx) if cfg.scheme != "fp16" else {}
+    quant_s, quant_cpu = time.time() - t_q, _cpu_s() - c_q
+
+    sens_rows: list[dict[str, Any]] | None = None
+    sens_files: dict[str, str] | None = None
+    budget_info: dict[str, Any] | None = None
+    if plans and (budget is not None or report_dir is not None):
+        assert calib is not None
+        sens_rows = layer_sensitivity(loaded, plans, calib.calib[:_SENS_SEQS])
+        if report_dir is not None:
+            sens_files = write_sensitivity(sens_rows, Path(report_dir), f"{loaded.name} {cfg.scheme}")
+    if budget is not None and plans:
+        assert calib is not None and sens_rows is not None
+        budget_info = apply_budget(loaded, plans, [r["layer"] for r in sens_rows], budget, calib.holdout)
+        budget_info["budget"] = budget.to_dict()
+        budget_info["size_cost_bytes"] = _size_cost(plans, budget_info["kept"])
+        for name in budget_info["kept"]:
+            kept[name] = f"accuracy budget {budget}"
+            del plans[name]
+
+    from edgeq.converters.export import export_onnx, save_side_files
+    from edgeq.converters.quantize.qdq import emit_qdq
+
+    with tempfile.TemporaryDirectory(prefix=".edgeq-quant-", dir=out_dir.absolute().parent) as work:
+        ref = export_onnx(loaded, Path(work) / "fp").onnx_path  # the folded graph is FP-equivalent
+        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+            emitted = emit_qdq(ref, plans, tmp / "model.onnx")
+            if emitted["unmatched"]:
+                raise QuantizationError(f"no ONNX MatMul found for {emitted['unmatched'][:5]} "
+                                        f"({len(emitted['unmatched'])} layers)")
+            save_side_files(loaded, tmp)
+            validation = _validate_onnx(loaded, tmp / "model.onnx", ref, calib.holdout, cfg) if cfg.validate and calib is not None else None
+            report = {
+                "model": loaded.name, "task": loaded.task, "scheme": cfg.scheme, "config": cfg.to_dict(),
+                "compute_dtype": cfg.compute_dtype,
+                "layers": {n: p.summary() for n, p in plans.items()},
+                "kept_fp16": kept,
+                "sizes": {"fp_onnx_bytes": ref.stat().st_size,
+                          "quantized_onnx_bytes": (tmp / "model.onnx").stat().st_size},
+                "calibration": None if calib is None else {
+                    "source": "user text" if calib_text is not None else "edgeq/converters/data/calibration.txt",
+                    "sequences": int(calib.calib.shape[0]), "seq_len": int(calib.calib.shape[1]),
+                    "holdout_tokens": int(calib.holdout.numel()), **_act_summary(plans)},
+                "scheme_stats": ctx.stats,
+                "sensitivity": sens_rows, "sensitivity_files": sens_files, "accuracy_budget": budget_info,
+                "validation": validation,
+                "time_s": {"quantize": round(quant_s, 2), "quantize_cpu": round(quant_cpu, 2),
+                           "total": round(time.time() - t0, 2)},
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+            }
+            (tmp / QUANT_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            (tmp / QUANT_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+            if validation is not None and not validation["passed"]:
+                raise ValidationError(
+                    f"{cfg.scheme} output disagrees with the FP reference beyond its tolerance: "
+                    + json.dumps({k: validation.get(k) for k in ("mean_kl", "mean_cosine", "limit") if k in validation}),
+                    hint="keep sensitive layers in FP16 (--accuracy-budget / keep_fp16) or pick a wider scheme")
+    return QuantizeResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", report=report, config=cfg)
+
+
+def _act_summary(plans: dict[str, LinearPlan]) -> dict[str, Any]:
+    amax = [p.info["act_amax"] for p in plans.values() if p.info.get("act_amax") is not None]
+    if not amax:
+        return {}
+    return {"act_amax_min": min(amax), "act_amax_max": max(amax), "act_amax_median": sorted(amax)[len(amax) // 2]}

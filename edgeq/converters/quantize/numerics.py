@@ -1,0 +1,116 @@
+"""Quantization arithmetic in torch, written to match ONNX QuantizeLinear/DequantizeLinear exactly.
+
+Weights are ``[out, in]`` (torch Linear layout); the emitter transposes to ONNX's ``[in, out]``.
+Rounding is half-to-even (torch.round, like QuantizeLinear); FP8 saturates to ±448 (QuantizeLinear's
+default ``saturate=1``); all schemes are symmetric because TensorRT takes no zero points for INT4/FP8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+INT4_MIN, INT4_MAX = -8, 7
+INT8_MAX = 127
+FP8_MAX = 448.0
+_EPS = 1e-12
+
+
+def int4_block_quant(w: torch.Tensor, block: int, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT4 per (output row, input block). Returns (q int8 [out,in], scale [out, in//block]).
+
+    ``clip`` ([out, in//block], in (0, 1]) shrinks each block's range (AWQ's clipping search).
+    """
+    out_f, in_f = w.shape
+    wb = w.reshape(out_f, in_f // block, block)
+    amax = wb.abs().amax(dim=-1)
+    if clip is not None:
+        amax = amax * clip
+    scale = (amax / INT4_MAX).clamp(min=_EPS)
+    q = torch.round(wb / scale.unsqueeze(-1)).clamp(INT4_MIN, INT4_MAX)
+    return q.reshape(out_f, in_f).to(torch.int8), scale
+
+
+def int4_block_dequant(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    out_f, in_f = q.shape
+    return (q.float().reshape(out_f, in_f // block, block) * scale.unsqueeze(-1)).reshape(out_f, in_f)
+
+
+def int8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 per output channel. Returns (q int8 [out,in], scale [out])."""
+    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=_EPS)
+    q = torch.round(w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX)
+    return q.to(torch.int8), scale
+
+
+def fp8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 per output channel. Returns (q float8_e4m3fn [out,in], scale [out])."""
+    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=_EPS)
+    q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fake_quant_act(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
+    """Per-tensor activation Q->DQ as ONNX computes it (int8: round/clamp ±127..-128; fp8: E4M3 saturating)."""
+    if kind == "int8":
+        return torch.round(x / scale).clamp(-128, 127) * scale
+    if kind == "fp8":
+        return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+    raise ValueError(kind)
+
+
+def act_amax(x: torch.Tensor, method: str, percentile: float) -> float:
+    """Calibrated per-tensor range of ``x``: its max |x| or the given percentile of |x|."""
+    a = x.detach().abs().flatten().float()
+    if method == "max" or percentile >= 100.0:
+        return float(a.max())
+    k = max(1, min(a.numel(), int(round(a.numel() * percentile / 100.0))))
+    return float(a.kthvalue(k).values)
+
+
+ACT_QMAX = {"int8": float(INT8_MAX), "fp8": FP8_MAX}
+
+
+@dataclass
+class LinearPlan:
+    """How one Linear is quantized: integer/FP8 weights + scales (+ a static activation scale for W8A8)."""
+
+    name: str
+    kind: str  # "int4" | "int8" | "fp8"
+    q: torch.Tensor  # [out, in]
+    scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4
+    block_size: int | None = None
+    act_scale: float | None = None  # per-tensor static scale of the input activation (W8A8)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def dequant(self) -> torch.Tensor:
+        if self.kind == "int4":
+            assert self.block_size is not None
+            return int4_block_dequant(self.q, self.scale, self.block_size)
+        return self.q.float() * self.scale[:, None]
+
+    @property
+    def act_kind(self) -> str | None:
+        return None if self.act_scale is None else ("fp8" if self.kind == "fp8" else "int8")
+
+    def summary(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"scheme": self.kind + ("" if self.act_scale is not None else "-weight-only"),
+                             "shape": list(self.q.shape)}
+        if self.block_size is not None:
+            d["block_size"] = self.block_size
+        if self.act_scale is not None:
+            d["act_scale"] = self.act_scale
+        d.update(self.info)
+        return d
+
+
+def choose_block(in_features: int, requested: int) -> int | None:
+    """Largest power of two in [16, requested] dividing ``in_features`` (None if none does)."""
+    b = requested
+    while b >= 16:
+        if in_features % b == 0:
+            return b
+        b //= 2
+    return None

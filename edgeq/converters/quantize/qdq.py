@@ -1,0 +1,160 @@
+"""The QDQ ONNX emitter: rewrite an FP export so that planned linears read quantized weights.
+
+Each ``MatMul`` whose weight is an initializer is mapped back to its torch Linear through the exporter's
+node name (``/model/layers.0/self_attn/q_proj/MatMul`` -> ``model.layers.0.self_attn.q_proj``). Its FP
+weight is replaced by a compact INT4/INT8/FP8 initializer + a standard-domain DequantizeLinear
+(INT4: ``block_size`` along the input axis 0; INT8/FP8: per-output-channel, axis 1), and W8A8 layers get
+a QuantizeLinear -> DequantizeLinear pair on their input activation. Only opset-21 ai.onnx ops are used,
+so the same file loads in ONNX Runtime CPU (which fuses DQ(int4)->MatMul into MatMulNBits) and parses in
+TensorRT(-RTX).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.converters.quantize.numerics import LinearPlan
+from edgeq.errors import QuantizationError
+
+OPSET = 21
+#: above this many bytes of initializers the model is saved with one external data file (protobuf's 2 GB cap)
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_NAME = "model.onnx.data"
+
+
+def module_path(node_name: str) -> str | None:
+    """``/model/layers.0/mlp/up_proj/MatMul`` -> ``model.layers.0.mlp.up_proj`` (None if not that form)."""
+    parts = node_name.strip("/").split("/")
+    if len(parts) < 2 or not parts[-1].startswith("MatMul"):
+        return None
+    return ".".join(parts[:-1])
+
+
+def _np_weight(plan: LinearPlan) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(quantized weight [in, out] in its ONNX numpy dtype, scale in ONNX layout, DQ attributes)."""
+    import ml_dtypes
+    import torch
+
+    q = plan.q.T.contiguous()
+    if plan.kind == "int4":
+        w = q.numpy().astype(ml_dtypes.int4)
+        scale = plan.scale.T.contiguous().float().numpy()
+        return w, scale, {"axis": 0, "block_size": int(plan.block_size or 0)}
+    if plan.kind == "int8":
+        return q.numpy().astype(np.int8), plan.scale.float().numpy(), {"axis": 1}
+    if plan.kind == "fp8":
+        w = q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+        return w, plan.scale.float().numpy(), {"axis": 1}
+    raise QuantizationError(f"unknown weight kind {plan.kind!r}")
+
+
+def _act_zero_point(kind: str) -> np.ndarray:
+    import ml_dtypes
+
+    return np.zeros((), dtype=ml_dtypes.float8_e4m3fn if kind == "fp8" else np.int8)
+
+
+def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path) -> dict[str, Any]:
+    """Write ``dst`` (model.onnx) from the FP export ``src`` with ``plans`` applied.
+
+    Returns {"replaced": [...], "unmatched": [...]} so the caller can check that every plan landed.
+    Raises QuantizationError when a planned weight's shape disagrees with the ONNX initializer.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+
+    new_nodes: list[Any] = []
+    new_inits: list[Any] = []
+    act_qdq: dict[tuple[str, float, str], str] = {}
+    replaced: list[str] = []
+    dead: set[str] = set()
+    for orig in graph.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(orig)  # the repeated field is cleared below; keep owned copies
+        path = module_path(node.name) if node.op_type == "MatMul" else None
+        plan = plans.get(path) if path else None
+        if plan is None or len(node.input) != 2 or node.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        w_init = inits[node.input[1]]
+        out_f, in_f = plan.q.shape
+        if list(w_init.dims) != [in_f, out_f]:
+            raise QuantizationError(
+                f"ONNX weight of {path} has shape {list(w_init.dims)}, plan expects {[in_f, out_f]}")
+        base = path.replace(".", "_")
+        w, scale, attrs = _np_weight(plan)
+        new_inits += [numpy_helper.from_array(w, f"{base}_wq"), numpy_helper.from_array(scale, f"{base}_wscale")]
+        dq_out = f"{base}_w_dq"
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_wq", f"{base}_wscale"], [dq_out],
+                                          name=f"/{path.replace('.', '/')}/weight_DequantizeLinear", **attrs))
+        a_in = node.input[0]
+        if plan.act_scale is not None:
+            key = (a_in, float(plan.act_scale), plan.act_kind or "")
+            if key not in act_qdq:
+                tag = f"{base}_act{len(act_qdq)}"
+                zp = _act_zero_point(plan.act_kind or "int8")
+                new_inits += [numpy_helper.from_array(np.array(plan.act_scale, dtype=np.float32), f"{tag}_scale"),
+                              numpy_helper.from_array(zp, f"{tag}_zp")]
+                new_nodes.append(helper.make_node("QuantizeLinear", [a_in, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"],
+                                                  name=f"/{path.replace('.', '/')}/input_QuantizeLinear"))
+                new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"],
+                                                  [f"{tag}_dq"], name=f"/{path.replace('.', '/')}/input_DequantizeLinear"))
+                act_qdq[key] = f"{tag}_dq"
+            a_in = act_qdq[key]
+        node.input[0] = a_in
+        consumers[node.input[1]] -= 1
+        if consumers[node.input[1]] == 0:
+            dead.add(node.input[1])
+        node.input[1] = dq_out
+        new_nodes.append(node)
+        replaced.append(path)
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name in dead:
+            del graph.initializer[i]
+    graph.initializer.extend(new_inits)
+    _set_opset(model)
+    _check_domains(model)
+    _save(model, dst)
+    return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced))}
+
+
+def _set_opset(model: Any) -> None:
+    from onnx import helper
+
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            if imp.version < OPSET:
+                imp.version = OPSET
+            return
+    model.opset_import.append(helper.make_opsetid("", OPSET))
+
+
+def _check_domains(model: Any) -> None:
+    bad = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if bad:
+        raise QuantizationError(f"emitted graph uses non-standard domains {bad}; the portable file must not")
+
+
+def _save(model: Any, dst: Path) -> None:
+    import onnx
+
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA_NAME, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))

@@ -1,0 +1,73 @@
+"""Scheme implementations keyed by config type (torchao-style): ``@register_quantizer(Int4AwqConfig)``.
+
+A quantizer takes a QuantContext (a private, mutable copy of the torch model; the linears to quantize;
+calibration data) and returns one LinearPlan per quantized linear. Schemes that fold scales mutate the
+copy's FP weights; the exporter then writes the folded, FP-equivalent graph the emitter rewrites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgeq.converters.quantize.calibrate import CalibData
+from edgeq.converters.quantize.config import QuantConfig
+from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_quant
+from edgeq.converters.sources import LoadedModel
+from edgeq.errors import QuantizationError
+
+
+@dataclass
+class QuantContext:
+    loaded: LoadedModel
+    cfg: Any  # the scheme's QuantConfig subclass
+    linears: dict[str, torch.nn.Linear]
+    calib: CalibData | None
+    #: per-scheme statistics for the report (e.g. chosen alpha per group)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+Quantizer = Callable[[QuantContext], dict[str, LinearPlan]]
+QUANTIZERS: dict[type[QuantConfig], Quantizer] = {}
+
+
+def register_quantizer(cfg_type: type[QuantConfig]) -> Callable[[Quantizer], Quantizer]:
+    def deco(fn: Quantizer) -> Quantizer:
+        QUANTIZERS[cfg_type] = fn
+        return fn
+
+    return deco
+
+
+def quantizer_for(cfg: QuantConfig) -> Quantizer:
+    # import the implementations so that they register themselves
+    from edgeq.converters.quantize import awq, fp8, rtn, smoothquant  # noqa: F401
+
+    fn = QUANTIZERS.get(type(cfg))
+    if fn is None:
+        raise QuantizationError(f"no quantizer registered for scheme {cfg.scheme!r}")
+    return fn
+
+
+def int4_plan(name: str, w: torch.Tensor, requested: int, clip: torch.Tensor | None = None, **info: Any) -> LinearPlan:
+    """INT4 block plan for one weight, with the block size chosen for its input size."""
+    block = choose_block(w.shape[1], requested)
+    if block is None:
+        raise QuantizationError(
+            f"block size {requested} cannot fit layer {name}: input size {w.shape[1]} has no power-of-two "
+            f"divisor in [16, {requested}]",
+            hint="keep this layer in FP16 (keep_fp16) or use int8-wo",
+        )
+    q, scale = int4_block_quant(w.float(), block, clip)
+    note = {} if block == requested else {"block_size_note": f"requested {requested} does not divide {w.shape[1]}"}
+    return LinearPlan(name, "int4", q, scale, block_size=block, info={**note, **info})
+
+
+def check_int4_fits(linears: dict[str, torch.nn.Linear], requested: int) -> None:
+    """Fail before any work when a layer cannot take the block size (plan before execute)."""
+    for name, mod in linears.items():
+        if choose_block(mod.in_features, requested) is None:
+            int4_plan(name, mod.weight[:1, :].detach(), requested)  # raises the typed error

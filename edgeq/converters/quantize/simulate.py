@@ -1,0 +1,62 @@
+"""Run plans in torch: swap each planned Linear's weight for its dequantized value and fake-quantize its
+input (W8A8), exactly as the emitted QDQ graph computes. Used by sensitivity and the accuracy budget."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from edgeq.converters.quantize.calibrate import model_inputs
+from edgeq.converters.quantize.numerics import LinearPlan, fake_quant_act
+from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
+
+
+@contextlib.contextmanager
+def simulated(model: Any, plans: dict[str, LinearPlan]) -> Iterator[None]:
+    """Within the block the model computes with ``plans`` applied; the FP weights come back after."""
+    saved: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, plan in plans.items():
+            mod = model.get_submodule(name)
+            saved[name] = mod.weight.data
+            mod.weight.data = plan.dequant().to(saved[name].dtype)
+            if plan.act_scale is not None:
+                def pre(_m: Any, args: tuple[Any, ...], s: float = plan.act_scale, k: str = plan.act_kind or "int8") -> tuple[Any, ...]:
+                    return (fake_quant_act(args[0], s, k),) + tuple(args[1:])
+                handles.append(mod.register_forward_pre_hook(pre))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for name, w in saved.items():
+            model.get_submodule(name).weight.data = w
+
+
+def forward_outputs(loaded: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities [n, seq, vocab] of an LM, or pooled embeddings [n, hidden] (normalised) of an encoder."""
+    with torch.no_grad():
+        if loaded.task == TEXT_GENERATION:
+            out = [torch.log_softmax(loaded.model(input_ids=ids[i:i + 1], use_cache=False).logits.float(), -1)
+                   for i in range(ids.shape[0])]
+            return torch.cat(out)
+        feeds = model_inputs(loaded, ids)
+        hidden = loaded.model(**feeds).last_hidden_state.float()
+        emb = hidden[:, 0] if loaded.pooling == "cls" else hidden.mean(dim=1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def divergence(loaded: LoadedModel, ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Mean KL(ref || got) per token for LMs; 1 - mean cosine for encoders (both: 0 means identical)."""
+    if loaded.task == TEXT_GENERATION:
+        return float((ref.exp() * (ref - got)).sum(-1).mean())
+    return float(1.0 - (ref * got).sum(-1).mean())
+
+
+def nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean next-token negative log-likelihood of ``ids`` under ``logprobs``."""
+    lp = logprobs[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return float(-lp.mean())

@@ -1,0 +1,22 @@
+"""The emitted QDQ ONNX parses (strongly typed) and builds in TensorRT-RTX for sm89 on this CPU-only host."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from edgeq.converters.quantize import get_config, quantize
+
+from .trt_helpers import build_rtx
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None,
+                                reason="tensorrt_rtx_bindings not installed")
+
+
+@pytest.mark.parametrize("scheme", ["int4-awq", "fp8", "int8"])
+def test_builds_for_sm89(tiny_llama, tmp_path, scheme: str) -> None:
+    cfg = get_config(scheme, block_size=64) if scheme.startswith("int4") else get_config(scheme)
+    res = quantize(tiny_llama, cfg, tmp_path / scheme)
+    ok, log = build_rtx(res.out_dir, "SM89")
+    assert ok, log
