@@ -270,7 +270,7 @@ class Runtime:
             if self.degraded:
                 return  # reported once; keep serving
             self._event("breach", version=bad.version, trigger=trigger, breaches=list(verdict.breaches),
-                        scores=verdict.scores, limits=verdict.limits)
+                        scores=verdict.scores, limits=verdict.limits, canary=self.monitor.canaries)
             self._mark_bad(bad.version, "; ".join(verdict.breaches))
             tried = {bad.version}
             while (prev := self._previous(tried)) is not None:

@@ -9,7 +9,7 @@ import pytest
 from edgeq.converters.build import build
 from edgeq.sdk.manifest import Manifest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.mark.parametrize("target, precision, engine", [

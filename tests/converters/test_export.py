@@ -54,6 +54,13 @@ def test_validation_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert list(tmp_path.iterdir()) == []
 
 
+def test_validation_can_be_skipped_and_says_so(tmp_path: Path) -> None:
+    res = export_onnx("tiny-llama", tmp_path / "out", validate=False)
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["passed"] is False and report["skipped_reason"] == "validation disabled by caller"
+    assert not res.report.passed and res.onnx_path.is_file()
+
+
 def test_compare_catches_nan() -> None:
     report = validate_mod.ValidationReport(task="text-generation", atol=1.0, rtol=1.0)
     validate_mod.compare(report, "c", "logits", np.zeros(4), np.array([0.0, np.nan, 0.0, 0.0]))

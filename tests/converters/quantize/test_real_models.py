@@ -11,7 +11,7 @@ import pytest
 from edgeq.converters import evaluate
 from edgeq.converters.quantize import get_config, quantize
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 #: max perplexity increase (%) on 2048 eval tokens (windows of 1024); INT4-AWQ is checked against RTN
 LM_AIMS = {"fp8": 1.5, "int8-wo": 0.5, "int8": 63.0}

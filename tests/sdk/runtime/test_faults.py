@@ -112,14 +112,19 @@ def test_drift_is_detected_and_rolled_back_under_load(kind: str, lm_store: Path,
             assert _wait(lambda: load.completed > 50)
             bad = _inject(kind, rt, drifted_onnx)
             at_injection = rt.requests_served
+            canaries_at_injection = rt.status()["canaries"]  # counts a canary already in flight
             assert _wait(lambda: rt.version == 1), f"{kind} not detected: {rt.status()}"
-            detected_after = next(e for e in events if e["event"] == "breach")["requests_served"] - at_injection
+            breach = next(e for e in events if e["event"] == "breach")
+            detected_after = breach["requests_served"] - at_injection
             done_at_switch = load.completed
             assert _wait(lambda: load.completed > done_at_switch + 50)  # serving goes on on v1
         assert bad == 2
         assert load.errors == [] and load.completed == load.issued, "failed or dropped requests"
-        # window: the next scheduled canary (EVERY requests), plus what runs while one canary is in flight
-        assert detected_after <= 2 * EVERY + 10 * THREADS, detected_after
+        # The window is counted in canaries: one may be in flight on the old weights at injection, so the
+        # breach must come from at most the next canary after it. In requests the same window depends on
+        # how many requests the threads serve while a canary runs (machine speed), so only a loose bound.
+        assert breach["canary"] <= canaries_at_injection + 1, (breach["canary"], canaries_at_injection)
+        assert detected_after <= 20 * EVERY, detected_after
         assert load.versions[-1] == 1 and 2 in load.versions
         assert rt.status()["fallbacks"] == 1 and not rt.status()["degraded"]
     store = Store(lm_store)
