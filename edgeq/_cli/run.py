@@ -47,7 +47,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate text from a causal LM in the store, streaming tokens as they come."""
         with _open(store, model, threads, monitor) as rt:
-            message = [{"role": "user", "content": prompt}] if chat and rt._current.tokenizer.chat_template else prompt
+            tok = rt._current.tokenizer
+            message = [{"role": "user", "content": prompt}] if chat and tok is not None and tok.chat_template else prompt
             stream = rt.generate(message, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                  stop=tuple(stop or ()), seed=seed, stream=True)
             for piece in stream:

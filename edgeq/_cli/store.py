@@ -14,9 +14,20 @@ TrustOpt = Annotated[list[Path] | None, typer.Option("--trust", help="trust this
 
 
 def _store(store: Path, trust: list[Path] | None = None):  # type: ignore[no-untyped-def]
+    """The store at ``store``, created when missing (install and pull start new stores)."""
     from edgeq.sdk.store import Store
 
     return Store(store, trusted_keys=trust or [])
+
+
+def _existing_store(store: Path):  # type: ignore[no-untyped-def]
+    """The store at ``store``; a missing one is an error (a typo must not create an empty store)."""
+    from edgeq.errors import NotInstalledError
+    from edgeq.sdk.store import CONFIG_NAME, Store
+
+    if not (store / CONFIG_NAME).is_file():
+        raise NotInstalledError(f"no device store at {store}", hint="check --store / EDGEQ_STORE")
+    return Store(store)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,10 +47,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(store: StoreOpt) -> None:
         """Active version, floor and kept versions of every model; the device probe."""
-        from edgeq.sdk.store import Store
-
-        s = Store(store)
         from edgeq.sdk.monitor import health_summary
+
+        s = _existing_store(store)
 
         table = Table("model", "active", "kept", "floor", "bad", "precision", "target", "health")
         for row in s.status():
@@ -56,9 +66,7 @@ def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_(store: StoreOpt) -> None:
         """Every installed version of every model."""
-        from edgeq.sdk.store import Store
-
-        s = Store(store)
+        s = _existing_store(store)
         table = Table("model", "version", "state", "precision", "engines", "signed by", "installed")
         for model in s.models():
             for v in s.versions(model):
@@ -74,7 +82,7 @@ def register(app: typer.Typer) -> None:
         to: Annotated[int | None, typer.Option("--to", help="version to activate (default: previous usable)")] = None,
     ) -> None:
         """Switch back to a kept version after re-verifying its files."""
-        v = _store(store).rollback(model, to=to)
+        v = _existing_store(store).rollback(model, to=to)
         console.print(f"[green]active[/green] {model} v{v.version}")
 
     @app.command()
@@ -84,7 +92,7 @@ def register(app: typer.Typer) -> None:
         version: Annotated[int | None, typer.Option("--version", help="one kept version (default: the whole model)")] = None,
     ) -> None:
         """Remove a kept version, or a whole model (its downgrade floor is kept)."""
-        gone = _store(store).remove(model, version)
+        gone = _existing_store(store).remove(model, version)
         console.print(f"removed {model} v{', v'.join(map(str, gone))}")
 
     @app.command()

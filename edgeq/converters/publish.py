@@ -211,12 +211,13 @@ def publish(
     latest published version is refused: devices would refuse it anyway.
     """
     repo_path = Path(repo_dir).absolute()
-    if not (repo_path / "public" / "metadata" / "1.root.json").exists():
-        init_repo(repo_path, keys_dir=keys_dir, expiry=expiry)
     with tempfile.TemporaryDirectory(prefix=".edgeq-publish-") as tmp:
         src = Path(bundle)
         archive = src if src.is_file() else pack(src, Path(tmp) / f"bundle{ARCHIVE_SUFFIX}")
+        # Verify before anything is written: a refused bundle must not leave a new repository behind.
         signed = _verify_for_publish(archive, trusted_keys, allow_unsigned)
+        if not (repo_path / "public" / "metadata" / "1.root.json").exists():
+            init_repo(repo_path, keys_dir=keys_dir, expiry=expiry)
         m = signed.manifest
         repo = _Repo(repo_path, Path(keys_dir) if keys_dir else None)
         index = read_index(repo)

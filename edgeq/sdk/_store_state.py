@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,11 +90,26 @@ class StoreLock:
         self.timeout = timeout
         self._fd: int | None = None
         self._depth = 0
+        # flock excludes other processes; threads sharing this object are excluded by this reentrant lock
+        # (nesting is per thread: a second thread waits instead of joining the first one's depth).
+        self._thread_lock = threading.RLock()
 
     def __enter__(self) -> StoreLock:
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise StoreLockedError(f"store {self.path.parent} is locked by another thread of this process",
+                                   hint="wait for the other install/rollback to finish")
         if self._depth:
             self._depth += 1
             return self
+        try:
+            self._flock()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._depth = 1
+        return self
+
+    def _flock(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -115,17 +131,18 @@ class StoreLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
-        self._depth = 1
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        finally:
+            self._thread_lock.release()
 
     @property
     def held(self) -> bool:

@@ -51,6 +51,9 @@ def drift(now: np.ndarray, then: np.ndarray) -> float:
 class CanaryKind:
     feeds: Callable[[dict[str, np.ndarray], Sequence[str], ModelInfo], Feeds]
     score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], ModelInfo], CanaryResult]
+    #: run the canary rows one at a time: an engine's optimization profile may cap batch below the
+    #: number of canary rows (RTX/Jetson profiles allow batch 2), and batch 1 is in every profile
+    row_by_row: bool = False
 
 
 CANARY_KINDS: dict[str, CanaryKind] = {}
@@ -70,7 +73,13 @@ def run_canary(
 ) -> CanaryResult:
     """Build the canary feeds, run them through ``run`` (name → array outputs) and score them."""
     kind = CANARY_KINDS[info.task]
-    return kind.score(arrays, run(kind.feeds(arrays, input_names, info)), info)
+    feeds = kind.feeds(arrays, input_names, info)
+    if not kind.row_by_row:
+        return kind.score(arrays, run(feeds), info)
+    rows = len(next(iter(feeds.values())))
+    parts = [run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)]
+    outputs = {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+    return kind.score(arrays, outputs, info)
 
 
 # -- shared helpers ----------------------------------------------------------------------------------
@@ -139,7 +148,7 @@ def _lm_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], inf
     )
 
 
-register_canary(TEXT_GENERATION)(CanaryKind(_lm_feeds, _lm_score))
+register_canary(TEXT_GENERATION)(CanaryKind(_lm_feeds, _lm_score, row_by_row=True))
 
 
 # -- feature extraction -----------------------------------------------------------------------------
@@ -161,7 +170,7 @@ def _emb_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], in
     )
 
 
-register_canary(FEATURE_EXTRACTION)(CanaryKind(_emb_feeds, _emb_score))
+register_canary(FEATURE_EXTRACTION)(CanaryKind(_emb_feeds, _emb_score, row_by_row=True))
 
 
 # -- generic --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from edgeq.errors import (
     EdgeqError,
     NoBackendError,
     NotInstalledError,
-    StoreError,
+    RuntimeErrorBase,
 )
 from edgeq.sdk.backends import BackendOptions
 from edgeq.sdk.canary import drift, run_canary
@@ -77,15 +77,17 @@ class Runtime:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def open(cls, store_dir: str | os.PathLike[str], model_name: str | None = None, *,
-             trusted_keys: Sequence[Any] | None = None, allow_unsigned: bool | None = None,
+             trusted_keys: Sequence[Any] | None = None,
              backend: BackendOptions | None = None, monitor: MonitorConfig | None = None,
              on_event: EventCallback | None = None, metrics_port: int | None = None) -> Runtime:
         """Open ``model_name`` from the store at ``store_dir`` (or serve a bundle directory in place).
 
         Args:
-            store_dir: a device store root, or a bundle directory (no fallback possible then).
+            store_dir: a device store root, or a bundle directory for development: its files are hash-checked
+                against its manifest but its signature is not (install it into a store for that), and no
+                fallback is possible.
             model_name: the model to serve (optional for a bundle directory).
-            trusted_keys / allow_unsigned: passed to the store.
+            trusted_keys: publisher keys added to the store's trust set (persisted, as `edgeq install --trust`).
             backend: backend choice and threads (default: best available, library default threads).
             monitor: canary schedule and threshold overrides (default: the bundle's thresholds).
             on_event: called with each health event (fallback, refused, degraded, breach).
@@ -93,6 +95,9 @@ class Runtime:
         """
         root = Path(store_dir)
         if (root / "manifest.json").is_file():
+            if trusted_keys is not None:
+                raise ConfigError("trusted_keys apply to a device store, not a bundle directory",
+                                  hint="install the bundle (`edgeq install`) to have its signature checked")
             catalog: VersionCatalog = BundleDirCatalog(root)
             if model_name is not None and model_name != catalog.model:
                 raise ConfigError(f"bundle {root} holds {catalog.model!r}, not {model_name!r}")
@@ -103,7 +108,7 @@ class Runtime:
                 raise NotInstalledError(f"no device store at {root}", hint="check --store / EDGEQ_STORE")
             from edgeq.sdk.store import Store
 
-            catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned), model_name)
+            catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys), model_name)
         return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port)
 
     def __enter__(self) -> Runtime:
@@ -114,15 +119,17 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the monitor and metrics server and release the backend (waits for running requests)."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.monitor.stop()
         self.metrics.close()
-        with self._lock:
-            h = self._current
-            h.retired = True
-            idle = h.inflight == 0
+        with self._switch_lock:  # a fallback in progress finishes (and sees _closed) before this
+            with self._lock:
+                h = self._current
+                h.retired = True
+                idle = h.inflight == 0
         if idle:
             h.close()
 
@@ -147,7 +154,10 @@ class Runtime:
                 if prev is None:
                     raise DegradedError(f"no usable version of {self.model}: v{files.version} refused ({exc.message})",
                                         hint="install a good bundle; `edgeq status` shows the events") from exc
-                self._activate(prev.version, "fallback_on_load")
+                try:
+                    self._activate(prev.version, "fallback_on_load")
+                except (EdgeqError, OSError) as act_exc:  # serve it anyway: its files are verified at load
+                    log.error("could not record v%s as active in the store: %s", prev.version, act_exc)
                 self._event("fallback", reason="refused at load", **{"from": files.version, "to": prev.version})
                 self.fallbacks += 1
                 self.metrics.fallbacks.inc()
@@ -164,6 +174,8 @@ class Runtime:
     # -- handles: in-flight accounting and the atomic switch ----------------------------------------
     def _acquire(self) -> Handle:
         with self._lock:
+            if self._closed:
+                raise RuntimeErrorBase(f"the runtime of {self.model} is closed")
             h = self._current
             h.inflight += 1
         return h
@@ -236,6 +248,8 @@ class Runtime:
         return self._canary(reason)
 
     def _canary(self, reason: str) -> Verdict | None:
+        if self._closed:  # a scheduled check racing close(): nothing to check any more
+            return None
         h = self._acquire()
         try:
             if h.spec is None or not h.spec.arrays:
@@ -283,10 +297,13 @@ class Runtime:
                     continue
                 try:
                     self._activate(prev.version, "health_fallback")
-                except (StoreError, BundleError) as exc:
+                except (EdgeqError, OSError) as exc:  # store locked, disk full, a changed file: not this one
                     new.close()
-                    self._event("refused", version=prev.version, reason=exc.message)
+                    self._event("refused", version=prev.version, reason=str(exc))
                     continue
+                if self._closed:  # close() ran while the fallback was loading: nothing left to serve
+                    new.close()
+                    return
                 self._swap(new)
                 self.fallbacks += 1
                 self.metrics.fallbacks.inc()

@@ -171,7 +171,8 @@ class Store:
         d = self.root / "models"
         if not d.is_dir():
             return []
-        return sorted(m.name for m in d.iterdir() if (st := self._state(m.name)) is not None and st.installed)
+        return sorted(m.name for m in d.iterdir()
+                      if m.is_dir() and not m.is_symlink() and (st := self._state(m.name)) is not None and st.installed)
 
     def _installed(self, model: str, st: ModelState, version: int) -> InstalledVersion:
         rec = st.installed[version]
@@ -282,6 +283,8 @@ class Store:
             removed.append(p.name)
         models = self.root / "models"
         for mdir in models.iterdir() if models.is_dir() else ():
+            if not mdir.is_dir() or mdir.is_symlink():  # a stray file must not stop the store working
+                continue
             st = read_state(mdir / "state.json", mdir.name)
             installed = st.installed if st else {}
             for p in mdir.glob(TMP_PREFIX + "*"):
@@ -324,7 +327,7 @@ class Store:
             if st is None or version not in st.installed:
                 raise NotInstalledError(f"{model} v{version} is not installed in {self.root}")
             d = self._model_dir(model) / "derived" / str(version)
-            d.mkdir(parents=True, exist_ok=True)
+            _mkdir_durable(d, self.root)
             atomic_write_bytes(d / name, data)
             st.installed[version].setdefault("derived", {})[name] = {
                 "sha256": sha256_bytes(data), "size": len(data), "created_at": now_iso(), "info": info or {},
@@ -356,7 +359,7 @@ class Store:
         ddir = mdir / "derived"
         for p in ddir.iterdir() if ddir.is_dir() else ():
             v = int(p.name) if p.name.isdigit() else None
-            if v is None or v not in installed:
+            if v is None or v not in installed or not p.is_dir():
                 self._discard(p)
                 removed.append(str(p.relative_to(self.root)))
                 continue
@@ -407,7 +410,7 @@ class Store:
                     fsync_tree(staged)
                     self._fault("fsynced")
                     vdir = self._model_dir(m.model_name) / "versions"
-                    vdir.mkdir(parents=True, exist_ok=True)
+                    _mkdir_durable(vdir, self.root)
                     final = vdir / str(m.bundle_version)
                     os.replace(staged, final)
                     fsync_dir(vdir)
@@ -457,7 +460,8 @@ class Store:
             verify_files(self._model_dir(model) / "versions" / str(version), self._installed(model, st, version).manifest)
             previous, st.active = st.active, version
             write_state(self._model_dir(model) / "state.json", st)
-            self.record_event(model, {"event": reason, "version": version, "previous": previous})
+            with contextlib.suppress(OSError):  # committed already; the event log is diagnostics only
+                self.record_event(model, {"event": reason, "version": version, "previous": previous})
             return self._installed(model, st, version)
 
     def rollback(self, model: str, to: int | None = None) -> InstalledVersion:
@@ -478,7 +482,8 @@ class Store:
                 raise NotInstalledError(f"{model} v{version} is not installed in {self.root}")
             st.bad[version] = reason
             write_state(self._model_dir(model) / "state.json", st)
-            self.record_event(model, {"event": "mark_bad", "version": version, "reason": reason})
+            with contextlib.suppress(OSError):  # committed already; the event log is diagnostics only
+                self.record_event(model, {"event": "mark_bad", "version": version, "reason": reason})
 
     def remove(self, model: str, version: int | None = None) -> list[int]:
         """Remove one kept version (not the active one) or, with ``version=None``, the whole model.
@@ -505,7 +510,8 @@ class Store:
             write_state(self._model_dir(model) / "state.json", st)
             for v in gone:
                 self._discard(self._model_dir(model) / "versions" / str(v))
-            self.record_event(model, {"event": "remove", "versions": gone})
+            with contextlib.suppress(OSError):  # committed already; the event log is diagnostics only
+                self.record_event(model, {"event": "remove", "versions": gone})
             return gone
 
     def status(self) -> list[dict[str, Any]]:
@@ -518,6 +524,19 @@ class Store:
             rows.append({"model": model, "active": st.active, "floor": st.floor,
                          "versions": sorted(st.installed), "bad": {v: r for v, r in st.bad.items()}})
         return rows
+
+
+def _mkdir_durable(path: Path, root: Path) -> None:
+    """mkdir -p, then fsync every directory whose entry list changed, so a new model or version directory
+    survives a power cut (a kill -9 cannot show this: the page cache outlives the process)."""
+    missing = []
+    p = path
+    while not p.exists() and p != root:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        fsync_dir(d.parent)
 
 
 def _check_derived_name(name: str) -> None:

@@ -88,10 +88,13 @@ class StoreCatalog:
         return self._wrap(self.store.active(self.model))
 
     def previous_usable(self, exclude: Iterable[int] = ()) -> VersionFiles | None:
-        iv = self.store.previous_usable(self.model)
-        if iv is None or int(iv.version) in set(exclude):
-            return None
-        return self._wrap(iv)
+        """The newest kept version below the active one that is neither marked bad nor in ``exclude``."""
+        skip = set(exclude)
+        active = self.store.active(self.model).version
+        for iv in sorted(self.store.versions(self.model), key=lambda v: v.version, reverse=True):
+            if iv.version < active and not iv.bad and iv.version not in skip:
+                return self._wrap(iv)
+        return None
 
     def activate(self, version: int, reason: str = "activate") -> None:
         self.store.activate(self.model, version, reason=reason)

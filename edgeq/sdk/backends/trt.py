@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgeq.errors import BackendUnavailableError, RuntimeErrorBase
+from edgeq.errors import BackendUnavailableError, EdgeqError, RuntimeErrorBase
 from edgeq.sdk.backends.base import Backend, BackendOptions, register_backend
 from edgeq.sdk.manifest import EngineInfo
 
@@ -79,16 +80,25 @@ class _TrtBackend(Backend):
         from edgeq.sdk.backends.cudart import DeviceBuffer
 
         self._buffers = {n: DeviceBuffer() for n in names}
+        self._infer_lock = threading.Lock()
         self._stream = Stream()
         self.description = f"{self.name} ({engine.path or 'built from ' + str(engine.plan)})"
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        # One execution context, stream and buffer set serve every caller (requests and the monitor's
+        # canaries come from several threads), so calls are serialised; ORT sessions need no such lock.
+        with self._infer_lock:
+            return self._infer_locked(feeds)
+
+    def _infer_locked(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         ctx, stream = self._context, self._stream
         keep = []  # host arrays must outlive the async copies
         for name in self.input_names:
             arr = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             keep.append(arr)
-            ctx.set_input_shape(name, arr.shape)
+            if not ctx.set_input_shape(name, arr.shape):
+                raise RuntimeErrorBase(f"{self.flavour}: input {name} shape {arr.shape} is outside the engine's "
+                                       "optimization profile", hint="check the target profile's shape ranges")
             ptr = self._buffers[name].ensure(arr.nbytes)
             if arr.nbytes:
                 stream.copy_h2d(ptr, arr.ctypes.data, arr.nbytes)
@@ -121,7 +131,13 @@ def build_from_plan(version: Any, engine: EngineInfo) -> bytes:
 
     if engine.plan is None or engine.onnx is None:
         raise BackendUnavailableError(f"{version.model} v{version.version}: no engine and no plan+onnx to build one")
-    cache_name = f"engine-built-{engine.flavour}.engine"
+    from edgeq.sdk.device import probe
+
+    # An engine is only valid for the library version and GPU it was built with: both are in the name, so
+    # an upgraded TensorRT or a moved disk rebuilds instead of failing to deserialize on every start.
+    dev = probe()
+    lib = dev.trt_versions.get(engine.flavour, "unknown")
+    cache_name = f"engine-built-{engine.flavour}-{lib}-cc{dev.compute_capability or 'none'}.engine"
     cached = getattr(version, "cache_get", None)
     if cached is not None and (data := cached(cache_name)) is not None:
         return data
@@ -131,7 +147,10 @@ def build_from_plan(version: Any, engine: EngineInfo) -> bytes:
     built = build_engine(plan, version.path(engine.onnx))
     put = getattr(version, "cache_put", None)
     if put is not None:
-        put(cache_name, built.engine, {"event": "engine_built", **built.info.to_dict()})
+        try:
+            put(cache_name, built.engine, {"event": "engine_built", **built.info.to_dict()})
+        except (EdgeqError, OSError) as exc:  # a minutes-long build is still good for this run
+            log.warning("could not cache the engine built from the plan (%s); serving it uncached", exc)
     else:
         log.warning("store offers no artifact cache; the engine built from the plan is not cached")
     return built.engine

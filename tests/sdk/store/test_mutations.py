@@ -73,7 +73,7 @@ def test_mutated_bundles_refused(tmp_path, keypair, other_keypair, make_bundle, 
     ]
     # (pack() copies only listed files, so an unlisted extra file can only reach a device in a directory)
     extra = [("extra unlisted file (dir form)", lambda d: (d / "engine" / "evil.so").write_bytes(b"\x7fELF"))]
-    refused = 0
+    refused = raw_tars = 0
     for form in ("dir", "archive"):
         for name, mutate in mutations + (extra if form == "dir" else []):
             d = tmp_path / f"case-{form}-{refused}"
@@ -84,8 +84,10 @@ def test_mutated_bundles_refused(tmp_path, keypair, other_keypair, make_bundle, 
                 try:
                     target = pack(d, tmp_path / f"case-{refused}.edgeq.tar")
                 except BundleError:
-                    refused += 1  # cannot even be packed (missing / symlinked file): counted for the dir form only
-                    continue
+                    # pack() refuses it (missing / symlinked / resized file); an attacker would not use pack, so
+                    # the same tree goes to the store as a raw tar, which the store itself must refuse
+                    target = _raw_tar(d, tmp_path / f"case-{refused}-raw.edgeq.tar")
+                    raw_tars += 1
             before = tree_snapshot(store.root)
             with pytest.raises(BundleError):
                 store.install(target)
@@ -94,7 +96,8 @@ def test_mutated_bundles_refused(tmp_path, keypair, other_keypair, make_bundle, 
             assert store.active("tiny").version == 1
             store.verify("tiny", 1)
             refused += 1
-    print(f"mutated bundles refused: {refused} ({len(mutations)} mutations x 2 forms + {len(extra)})")
+    print(f"mutated bundles refused by the store: {refused} ({len(mutations)} mutations x 2 forms + {len(extra)}; "
+          f"{raw_tars} archives written as raw tars because pack() refuses them)")
     assert refused == 2 * len(mutations) + len(extra)
 
 
@@ -157,3 +160,13 @@ def _swap_hash(d: Path, other: Path) -> None:
         if f["path"] == ENGINE:
             f["sha256"], f["size"] = of["sha256"], of["size"]
     (d / MANIFEST_NAME).write_text(json.dumps(doc))
+
+
+def _raw_tar(src: Path, out: Path) -> Path:
+    """A tar of ``src`` as it is (symlinks kept, missing files missing): what a hostile sender ships."""
+    import tarfile
+
+    with tarfile.open(out, "w") as tar:
+        for p in sorted(src.rglob("*")):
+            tar.add(p, arcname=str(p.relative_to(src)), recursive=False)
+    return out
