@@ -66,7 +66,8 @@ def git_commit() -> dict[str, Any]:
             return None
 
     head = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # Result files written by earlier benchmarks of the same run are not local changes to the code.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!BENCHMARKS.md")
     return {"commit": head, "dirty": bool(status) if status is not None else None}
 
 
