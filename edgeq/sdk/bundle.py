@@ -10,7 +10,6 @@ then ``materialize`` into a staging directory (copy from a directory, safe extra
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from edgeq.errors import BundleError, IntegrityError, SignatureError
 from edgeq.sdk.archive import ArchiveLimits, BundleArchive
-from edgeq.sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, canonical_json
+from edgeq.sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, canonical_json, parse_manifest_json
 from edgeq.sdk.signing import TrustedKeys, verify
 
 _CHUNK = 1 << 20
@@ -45,12 +44,7 @@ def load_signed_manifest(
     With ``allow_unsigned`` a *missing* signature is accepted; a signature that is present must still
     verify against a trusted key (a bad signature is evidence of tampering, not a missing feature).
     """
-    try:
-        data = json.loads(manifest_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"manifest is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BundleError("manifest is not a JSON object")
+    data = parse_manifest_json(manifest_bytes)
     canonical = canonical_json(data)
     if signature is None:
         if not allow_unsigned:

@@ -171,13 +171,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"manifest is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise BundleError("manifest is not a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(parse_manifest_json(raw))
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> Manifest:
@@ -190,6 +184,17 @@ class Manifest:
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def parse_manifest_json(raw: bytes) -> dict[str, Any]:
+    """The manifest's JSON object (BundleError when it is not UTF-8 JSON or not an object)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"manifest is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError("manifest is not a JSON object")
+    return data
 
 
 def canonical_json(obj: Any) -> bytes:
