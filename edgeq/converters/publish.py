@@ -87,39 +87,38 @@ class _Repo:
             raise ConfigError(f"TUF {role} key not found: {path}", hint="pass --keys DIR holding root/targets/snapshot/timestamp .key")
         return CryptoSigner(load_private_key(path))
 
-    def write(self, md: Any, name: str) -> None:
+    def write(self, md: Any, name: str) -> bytes:
+        """Write ``md`` atomically as ``name`` and return the bytes written (what the next role hashes)."""
         from tuf.api.serialization.json import JSONSerializer
 
-        atomic_write_bytes(self.meta_dir / name, md.to_bytes(JSONSerializer(compact=False)))
+        data = md.to_bytes(JSONSerializer(compact=False))
+        atomic_write_bytes(self.meta_dir / name, data)
+        return data
+
+    def _resign(self, md: Any, role: str, expiry: TufExpiry, name: str | None = None) -> bytes:
+        """Bump ``role``'s version and expiry, sign it afresh, write it (as ``<version>.<role>.json`` by default)."""
+        md.signed.version += 1
+        md.signed.expires = expiry.expires(role)
+        md.signatures.clear()
+        md.sign(self.signers[role])
+        return self.write(md, name or f"{md.signed.version}.{role}.json")
 
     def commit(self, expiry: TufExpiry, *, bump_targets: bool) -> None:
         """Re-sign targets (optionally), snapshot and timestamp in dependency order, timestamp last."""
         from tuf.api.metadata import MetaFile
 
+        t = self.targets
         if bump_targets:
-            t = self.targets
-            t.signed.version += 1
-            t.signed.expires = expiry.expires("targets")
-            t.signatures.clear()
-            t.sign(self.signers["targets"])
-            self.write(t, f"{t.signed.version}.targets.json")
-        targets_bytes = (self.meta_dir / f"{self.targets.signed.version}.targets.json").read_bytes()
+            targets_bytes = self._resign(t, "targets", expiry)
+        else:
+            targets_bytes = (self.meta_dir / f"{t.signed.version}.targets.json").read_bytes()
         s = self.snapshot
-        s.signed.meta["targets.json"] = MetaFile.from_data(self.targets.signed.version, targets_bytes, ["sha256"])
-        s.signed.version += 1
-        s.signed.expires = expiry.expires("snapshot")
-        s.signatures.clear()
-        s.sign(self.signers["snapshot"])
-        self.write(s, f"{s.signed.version}.snapshot.json")
-        snap_bytes = (self.meta_dir / f"{s.signed.version}.snapshot.json").read_bytes()
+        s.signed.meta["targets.json"] = MetaFile.from_data(t.signed.version, targets_bytes, ["sha256"])
+        snap_bytes = self._resign(s, "snapshot", expiry)
         ts = self.timestamp
         ts.signed.snapshot_meta = MetaFile.from_data(s.signed.version, snap_bytes, ["sha256"])
-        ts.signed.version += 1
-        ts.signed.expires = expiry.expires("timestamp")
-        ts.signatures.clear()
-        ts.sign(self.signers["timestamp"])
         # timestamp.json is the one file replaced in place: its rename is the publish's commit point.
-        self.write(ts, "timestamp.json")
+        self._resign(ts, "timestamp", expiry, "timestamp.json")
 
 
 def init_repo(repo_dir: str | os.PathLike[str], *, keys_dir: str | os.PathLike[str] | None = None,
