@@ -27,7 +27,8 @@ from benchmarks.common import (  # noqa: E402
     CACHE, DATA, EVAL_TEXT, Result, arg_parser, cached_export, copy_bandwidth, fmt, setup_env)
 
 #: precision label -> candidate label in schemes.LM (the same files bench_quality measured)
-LM_VARIANTS = {"FP32": "fp32", "INT8": "edgeq int8-wo", "INT4": "edgeq int4-awq g128"}
+LM_VARIANTS = {"FP32": "fp32", "INT8": "edgeq int8-wo", "INT4": "edgeq int4-awq g128",
+               "INT4 g64 +head8": "edgeq int4-awq g64 head8", "INT4 g64 +head4": "edgeq int4-awq g64 head4"}
 ENC_VARIANTS = {"FP32": "fp32", "INT8": "edgeq int8-sq", "INT4": "edgeq int4-awq g128", "ORT dyn INT8": "ORT dynamic int8"}
 
 
@@ -85,20 +86,20 @@ def bench_lm(res: Result, quick: bool, threads: list[int], bw_gbps: float) -> No
         # edgeq runtime
         for prec, p in paths.items():
             try:
-                bundle = CACHE / "bundles" / f"{model}-{prec}"
+                bundle = CACHE / "bundles" / f"{model}-{prec.replace(' ', '-').replace('+', '')}"
                 if not (bundle / "manifest.json").is_file():
-                    edgeq_adapter.onnx_bundle(src, p.parent, bundle, precision=prec.lower())
+                    edgeq_adapter.onnx_bundle(src, p.parent, bundle, precision=prec.split()[0].lower())
                 with edgeq_adapter.open_runtime(bundle, t, monitor=False) as rt:
                     r = warm_then(lambda: _rt_generate(rt, short, 4), lambda: _rt_generate(rt, ids, n_new))
                 record("edgeq runtime", prec, t, r, "monitor off")
             except Exception as exc:
                 res.skip(f"edgeq runtime generate {prec} t={t}", exc)
         # onnxruntime-genai on the same files
-        for prec in ("FP32", "INT4"):
+        for prec in ("FP32", "INT4", "INT4 g64 +head4"):
             if prec not in paths:
                 continue
             try:
-                gdir = lm_speed.prepare_genai_dir(paths[prec].parent, CACHE / "genai" / f"{prec}-t{t}", t, n_prompt + n_new)
+                gdir = lm_speed.prepare_genai_dir(paths[prec].parent, CACHE / "genai" / f"{prec.replace(' ', '-').replace('+', '')}-t{t}", t, n_prompt + n_new)
                 gm = lm_speed.genai_model(gdir)
                 r = warm_then(lambda: lm_speed.genai_generate(gm, short, 4), lambda: lm_speed.genai_generate(gm, ids, n_new))
                 record("onnxruntime-genai", prec, t, r, "same ONNX, genai_config mapping optimum's I/O names")

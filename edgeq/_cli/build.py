@@ -11,6 +11,15 @@ from rich.table import Table
 from edgeq._cli.common import OverwriteOpt, console, err_console
 
 
+def _overrides(block_size: int | None, quantize_head: bool) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if block_size is not None:
+        out["block_size"] = block_size
+    if quantize_head:
+        out["quantize_lm_head"] = True
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def build(
@@ -23,13 +32,15 @@ def register(app: typer.Typer) -> None:
         bundle_version: Annotated[int, typer.Option("--bundle-version", help="manifest bundle_version")] = 1,
         overwrite: OverwriteOpt = False,
         health: Annotated[bool, typer.Option("--health/--no-health", help="compute health-monitor canaries")] = True,
+        block_size: Annotated[int | None, typer.Option("--block-size", help="INT4 block size (default 128)")] = None,
+        quantize_head: Annotated[bool, typer.Option("--quantize-head", help="quantize the LM head too (faster decode, some accuracy)")] = False,
     ) -> None:
         """Build a signed, deployable bundle of MODEL for TARGET: export, quantize, check, build the engine."""
         from edgeq.converters.build import build as run_build
 
         result = run_build(model, target, precision, out, sign_key=sign_key, variant=variant,
                            bundle_version=bundle_version, overwrite=overwrite, console=err_console,
-                           health=health)
+                           health=health, quant_overrides=_overrides(block_size, quantize_head))
         table = Table("", "", title=f"{result.model_name} → {result.target}", show_header=False)
         for label, value in result.summary_rows():
             table.add_row(label, value)

@@ -16,10 +16,13 @@ CalibOpt = Annotated[Path | None, typer.Option("--calib", help="calibration text
 BudgetOpt = Annotated[str | None, typer.Option("--accuracy-budget", help="e.g. ppl+1%, kl<=0.02, cosine>=0.995")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="write the sensitivity table (JSON + PNG) here")]
 KeepOpt = Annotated[list[str] | None, typer.Option("--keep-fp16", help="glob of layer names left unquantized (repeatable)")]
+DtypeOpt = Annotated[str | None, typer.Option("--compute-dtype", help="float32 (ONNX Runtime CPU, default) | float16 (GPU engines)")]
+HeadOpt = Annotated[bool, typer.Option("--quantize-head", help="quantize the LM head too (tied heads keep the FP embedding table)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="config field override key=value (JSON value), repeatable")]
 
 
-def _overrides(block_size: int | None, keep: list[str] | None, sets: list[str] | None) -> dict:
+def _overrides(block_size: int | None, keep: list[str] | None, sets: list[str] | None,
+               compute_dtype: str | None = None, quantize_head: bool = False) -> dict:
     import json
 
     from edgeq.errors import ConfigError
@@ -27,6 +30,10 @@ def _overrides(block_size: int | None, keep: list[str] | None, sets: list[str] |
     out: dict = {}
     if block_size is not None:
         out["block_size"] = block_size
+    if compute_dtype is not None:
+        out["compute_dtype"] = compute_dtype
+    if quantize_head:
+        out["quantize_lm_head"] = True
     if keep:
         out["keep_fp16"] = tuple(keep)
     for item in sets or []:
@@ -55,12 +62,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def quantize(model: ModelOpt, scheme: SchemeOpt, out: OutOpt, block_size: BlockOpt = None, calib: CalibOpt = None,
                  accuracy_budget: BudgetOpt = None, report: ReportOpt = None, keep_fp16: KeepOpt = None,
-                 set_: SetOpt = None, overwrite: OverwriteOpt = False) -> None:
+                 compute_dtype: DtypeOpt = None, quantize_head: HeadOpt = False, set_: SetOpt = None,
+                 overwrite: OverwriteOpt = False) -> None:
         """Quantize a model into one QDQ ONNX (ONNX Runtime + TensorRT) checked against the FP reference."""
         from edgeq.converters.quantize import get_config
         from edgeq.converters.quantize import quantize as run
 
-        cfg = get_config(scheme, **_overrides(block_size, keep_fp16, set_))
+        cfg = get_config(scheme, **_overrides(block_size, keep_fp16, set_, compute_dtype, quantize_head))
         res = run(model, cfg, out, calib_text=_read_calib(calib), accuracy_budget=accuracy_budget,
                   report_dir=report, overwrite=overwrite)
         r = res.report

@@ -23,6 +23,7 @@ from edgeq._fs import atomic_write_bytes, atomic_write_text
 from edgeq._version import __version__
 from edgeq.errors import ConfigError, ModelNotFoundError, ValidationError
 from edgeq.sdk.canary import lm_prefill_feeds, lm_topk_reference, run_canary
+from edgeq.sdk.dtypes import session_input_dtypes
 from edgeq.sdk.health import CANARIES_NPZ, HEALTH_JSON, TASK_METRICS, HealthSpec, Thresholds, npz_bytes
 from edgeq.sdk.model_info import FEATURE_EXTRACTION, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
 from edgeq.sdk.pooling import pool
@@ -114,16 +115,16 @@ def build_health_data(
     fp_dir, q_dir, out = Path(fp_onnx_dir), Path(q_onnx_dir), Path(out_dir)
     info = _model_info(fp_dir, task)
     fp, q = _session(fp_dir, threads), _session(q_dir, threads)
-    fp_names = [i.name for i in fp.get_inputs()]
+    fp_inputs = session_input_dtypes(fp)
     meta: dict[str, Any] = {"count": count, "source": EVAL_TEXT.name}
     if task == TEXT_GENERATION:
         arrays = _lm_canaries(fp_dir, info, count, length)
-        logits = _runner(fp)(lm_prefill_feeds(arrays["input_ids"], fp_names, info))["logits"]
+        logits = _runner(fp)(lm_prefill_feeds(arrays["input_ids"], fp_inputs, info))["logits"]
         arrays["ref_topk_ids"], arrays["ref_topk_logp"] = lm_topk_reference(logits, top_k)
         meta.update(length=length, top_k=top_k, stored="top-k token ids and log-probs at every position")
     elif task == FEATURE_EXTRACTION:
         arrays = _embedding_canaries(fp_dir, count, length)
-        outs = _runner(fp)({k: arrays[k] for k in fp_names})
+        outs = _runner(fp)({k: arrays[k] for k in fp_inputs})
         hidden = outs.get("last_hidden_state", next(iter(outs.values())))
         arrays["ref_embeddings"] = pool(hidden, arrays["attention_mask"], info.pooling, normalize=True)
         meta.update(max_length=length, pooling=info.pooling, stored="pooled, normalised reference embeddings")
@@ -132,7 +133,7 @@ def build_health_data(
         outs = _runner(fp)({k[3:]: v for k, v in arrays.items()})
         arrays.update({"ref:" + k: np.asarray(v) for k, v in outs.items()})
         meta.update(stored="inputs and full reference outputs")
-    res = run_canary(_runner(q), arrays, [i.name for i in q.get_inputs()], info)
+    res = run_canary(_runner(q), arrays, session_input_dtypes(q), info)
     if not res.finite:
         raise ValidationError("the quantized model gives NaN/Inf on the health canaries",
                               hint="the quantized ONNX is broken; do not ship it")

@@ -327,9 +327,11 @@ def _tiny(name: str, config_fn: Callable[[int], Any], spec: ModelSpec) -> Loaded
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Random init gives near-uniform logits; scale up the head so that greedy decoding is decisive
-    # and quantization error shows in top-1 agreement, as it does for trained models.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
+    # and quantization error shows in top-1 agreement, as it does for trained models. (A tied head is left
+    # alone: it shares the embedding, and the residual stream already points at the input token's row.)
+    if not config.tie_word_embeddings:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)
     model.eval()
     return LoadedModel(name=name, model_id=f"builtin:{name}", task=TEXT_GENERATION, model=model, tokenizer=tokenizer)
 
@@ -348,7 +350,7 @@ def _tiny_llama(spec: ModelSpec) -> LoadedModel:
     return _tiny("tiny-llama", cfg, spec)
 
 
-@register_builtin("tiny-qwen3", "random tiny Qwen3 (2 layers, hidden 128, q/k norms), for tests")
+@register_builtin("tiny-qwen3", "random tiny Qwen3 (2 layers, hidden 128, q/k norms, tied head as in Qwen3-0.6B), for tests")
 def _tiny_qwen3(spec: ModelSpec) -> LoadedModel:
     import transformers
 
@@ -356,7 +358,7 @@ def _tiny_qwen3(spec: ModelSpec) -> LoadedModel:
         return transformers.Qwen3Config(
             vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
         )
 
     return _tiny("tiny-qwen3", cfg, spec)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
+from edgeq.sdk.dtypes import past_dtype, session_input_dtypes
 
 #: Tolerances each task states for an FP32 export: |onnx - torch| <= atol + rtol * max|torch| per output.
 TOLERANCES: dict[str, dict[str, float]] = {
@@ -120,11 +121,12 @@ def lm_feeds(
     if "position_ids" in names:
         feeds["position_ids"] = np.tile(np.arange(past_len, past_len + new, dtype=np.int64), (batch, 1))
     n_layers = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
+    kv_dtype = past_dtype(session_input_dtypes(session))
     for layer in range(n_layers):
         if past:
             k, v = past[layer]
         else:
-            k = v = np.zeros((batch, num_kv, 0, head_dim), dtype=np.float32)
+            k = v = np.zeros((batch, num_kv, 0, head_dim), dtype=kv_dtype)
         feeds[f"past_key_values.{layer}.key"] = k
         feeds[f"past_key_values.{layer}.value"] = v
     return feeds

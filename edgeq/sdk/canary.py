@@ -20,7 +20,7 @@ relative change between two fingerprints of the same version.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +68,13 @@ def register_canary(task: str) -> Callable[[CanaryKind], CanaryKind]:
 
 
 def run_canary(
-    run: Callable[[Feeds], dict[str, np.ndarray]], arrays: dict[str, np.ndarray], input_names: Sequence[str],
+    run: Callable[[Feeds], dict[str, np.ndarray]], arrays: dict[str, np.ndarray], inputs: Mapping[str, np.dtype],
     info: ModelInfo,
 ) -> CanaryResult:
-    """Build the canary feeds, run them through ``run`` (name → array outputs) and score them."""
+    """Build the canary feeds for the model's ``inputs`` (name → dtype), run them through ``run`` (name → array
+    outputs) and score them."""
     kind = CANARY_KINDS[info.task]
-    feeds = kind.feeds(arrays, input_names, info)
+    feeds = kind.feeds(arrays, inputs, info)
     if not kind.row_by_row:
         return kind.score(arrays, run(feeds), info)
     rows = len(next(iter(feeds.values())))
@@ -96,20 +97,20 @@ def entropy(logits: np.ndarray) -> np.ndarray:
     return -(np.exp(lp) * lp).sum(axis=-1)
 
 
-def empty_past(input_names: Sequence[str], batch: int, info: ModelInfo) -> Feeds:
-    """Zero-length KV-cache feeds for every ``past_key_values.*`` input (a prefill from scratch)."""
+def empty_past(inputs: Mapping[str, np.dtype], batch: int, info: ModelInfo) -> Feeds:
+    """Zero-length KV-cache feeds, in the graph's dtype, for every ``past_key_values.*`` input."""
     shape = (batch, info.num_key_value_heads, 0, info.head_dim)
-    return {n: np.zeros(shape, np.float32) for n in input_names if n.startswith("past_key_values.")}
+    return {n: np.zeros(shape, dt) for n, dt in inputs.items() if n.startswith("past_key_values.")}
 
 
-def lm_prefill_feeds(ids: np.ndarray, input_names: Sequence[str], info: ModelInfo) -> Feeds:
+def lm_prefill_feeds(ids: np.ndarray, inputs: Mapping[str, np.dtype], info: ModelInfo) -> Feeds:
     b, n = ids.shape
     feeds: Feeds = {"input_ids": ids.astype(np.int64)}
-    if "attention_mask" in input_names:
+    if "attention_mask" in inputs:
         feeds["attention_mask"] = np.ones((b, n), np.int64)
-    if "position_ids" in input_names:
+    if "position_ids" in inputs:
         feeds["position_ids"] = np.tile(np.arange(n, dtype=np.int64), (b, 1))
-    feeds.update(empty_past(input_names, b, info))
+    feeds.update(empty_past(inputs, b, info))
     return feeds
 
 
@@ -123,8 +124,8 @@ def lm_topk_reference(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
 
 
 # -- text generation -----------------------------------------------------------------------------------
-def _lm_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
-    return lm_prefill_feeds(arrays["input_ids"], input_names, info)
+def _lm_feeds(arrays: dict[str, np.ndarray], inputs: Mapping[str, np.dtype], info: ModelInfo) -> Feeds:
+    return lm_prefill_feeds(arrays["input_ids"], inputs, info)
 
 
 def _lm_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:
@@ -152,8 +153,8 @@ register_canary(TEXT_GENERATION)(CanaryKind(_lm_feeds, _lm_score, row_by_row=Tru
 
 
 # -- feature extraction -----------------------------------------------------------------------------
-def _emb_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
-    return {n: arrays[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids") if n in input_names}
+def _emb_feeds(arrays: dict[str, np.ndarray], inputs: Mapping[str, np.dtype], info: ModelInfo) -> Feeds:
+    return {n: arrays[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids") if n in inputs}
 
 
 def _emb_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:
@@ -174,8 +175,8 @@ register_canary(FEATURE_EXTRACTION)(CanaryKind(_emb_feeds, _emb_score, row_by_ro
 
 
 # -- generic --------------------------------------------------------------------------------------------
-def _gen_feeds(arrays: dict[str, np.ndarray], input_names: Sequence[str], info: ModelInfo) -> Feeds:
-    return {k[3:]: v for k, v in arrays.items() if k.startswith("in:")}
+def _gen_feeds(arrays: dict[str, np.ndarray], inputs: Mapping[str, np.dtype], info: ModelInfo) -> Feeds:
+    return {k[3:]: v.astype(inputs.get(k[3:], v.dtype), copy=False) for k, v in arrays.items() if k.startswith("in:")}
 
 
 def _gen_score(arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], info: ModelInfo) -> CanaryResult:

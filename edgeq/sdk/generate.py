@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeq.errors import ConfigError
+from edgeq.sdk.dtypes import past_dtype
 from edgeq.sdk.model_info import ModelInfo
 
 
@@ -134,6 +135,7 @@ class LmStepper:
         self.past_names = [n for n in names if n.startswith("past_key_values.")]
         self.present_idx = [outs.index("present." + n[len("past_key_values."):]) for n in self.past_names]
         self.logits_idx = outs.index("logits") if "logits" in outs else 0
+        self.past_dtype = past_dtype(getattr(backend, "input_dtypes", {}))
         self.has_mask = "attention_mask" in names
         self.has_pos = "position_ids" in names
         self._infer = backend.infer  # type: ignore[attr-defined]
@@ -148,7 +150,7 @@ class LmStepper:
             feeds["position_ids"] = pos
         if past is None:
             shape = (ids.shape[0], self.info.num_key_value_heads, 0, self.info.head_dim)
-            empty = np.zeros(shape, np.float32)
+            empty = np.zeros(shape, self.past_dtype)
             feeds.update({n: empty for n in self.past_names})
         else:
             feeds.update(zip(self.past_names, past))

@@ -38,7 +38,7 @@ def infer_overhead(store: str | Path, model: str | None = None, *, feeds: dict[s
                       monitor=MonitorConfig(enabled=monitor)) as rt:
         h = rt._current
         if feeds is None:
-            feeds = lm_prefill_feeds(np.arange(3, 19, dtype=np.int64)[None], h.backend.input_names, h.info)
+            feeds = lm_prefill_feeds(np.arange(3, 19, dtype=np.int64)[None], h.backend.input_dtypes, h.info)
         onnx = next(p for p in (h.files.path(f.path) for f in h.files.manifest.files_with_role("onnx")))
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -85,18 +85,20 @@ def raw_ort_decode(onnx_path: str | Path, prompt_ids: list[int], info: Any, *, n
     import onnxruntime as ort
 
     from edgeq.sdk.canary import lm_prefill_feeds
+    from edgeq.sdk.dtypes import session_input_dtypes
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     s = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in s.get_inputs()]
+    inputs = session_input_dtypes(s)
+    names = list(inputs)
     outs = [o.name for o in s.get_outputs()]
     past_names = [n for n in names if n.startswith("past_key_values.")]
     present_idx = [outs.index("present." + n[len("past_key_values."):]) for n in past_names]
     best = 0.0
     for _ in range(repeats):
         ids = np.array([prompt_ids], np.int64)
-        out = s.run(None, lm_prefill_feeds(ids, names, info))
+        out = s.run(None, lm_prefill_feeds(ids, inputs, info))
         n = ids.shape[1]
         t0 = time.perf_counter()
         for step in range(new_tokens - 1):

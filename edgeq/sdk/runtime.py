@@ -260,7 +260,7 @@ class Runtime:
                 return dict(zip(names, h.backend.infer(feeds)))
 
             try:
-                res = run_canary(run, h.spec.arrays, h.backend.input_names, h.info)
+                res = run_canary(run, h.spec.arrays, h.backend.input_dtypes, h.info)
                 d = None if h.fingerprint is None or res.fingerprint is None else drift(res.fingerprint, h.fingerprint)
                 verdict = h.spec.judge(res.scores, finite=res.finite, drift=d)
                 if verdict.ok and h.fingerprint is None:

@@ -33,13 +33,27 @@ def quantized_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
     loaded = load_model("tiny-llama")
     root = tmp_path_factory.mktemp("quantized")
+    (dtype,) = {get_profile(t).compute_dtype for t in RTX}  # what `edgeq build` asks the quantizer for
     # small calibration/holdout: the tiny model needs no more, and the suite stays fast
-    return {p: quantize(loaded, get_config(p, calib_tokens=256, calib_seq_len=64, holdout_tokens=128), root / p).onnx_path
-            for p in PRECISIONS}
+    cfg = {"calib_tokens": 256, "calib_seq_len": 64, "holdout_tokens": 128, "compute_dtype": dtype}
+    return {p: quantize(loaded, get_config(p, **cfg), root / p).onnx_path for p in PRECISIONS}
 
 
 def test_every_rtx_precision_is_covered() -> None:
     assert len(CASES) == 14 and ("rtx-ampere", "fp8") not in CASES
+
+
+def test_engines_are_built_from_fp16_compute_graphs(quantized_tiny_llama: dict[str, Path]) -> None:
+    import onnx
+
+    for precision, path in quantized_tiny_llama.items():
+        g = onnx.load(str(path)).graph
+        kv = {i.name: i.type.tensor_type.elem_type for i in g.input if i.name.startswith("past_key_values.")}
+        assert set(kv.values()) == {onnx.TensorProto.FLOAT16}, precision
+        matmul_inputs = {n.input[1] for n in g.node if n.op_type == "MatMul"}
+        dq_scales = [n.input[1] for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in matmul_inputs]
+        inits = {t.name: t.data_type for t in g.initializer}
+        assert all(inits[s] == onnx.TensorProto.FLOAT16 for s in dq_scales), precision
 
 
 @pytest.mark.parametrize("target, precision", CASES)

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeq._fs import atomic_output_dir, check_parent_writable
 from edgeq.converters.quantize.budget import AccuracyBudget, apply_budget
-from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
+from edgeq.converters.quantize.calibrate import is_head, make_calib_data, quantizable_linears
 from edgeq.converters.quantize.config import Int4AwqConfig, Int4RtnConfig, QuantConfig, get_config
 from edgeq.converters.quantize.numerics import LinearPlan
 from edgeq.converters.quantize.registry import QuantContext, check_int4_fits, quantizer_for
@@ -107,9 +107,6 @@ def quantize(
     cfg = get_config(config) if isinstance(config, str) else config
     if not isinstance(cfg, QuantConfig):
         raise ConfigError(f"config must be a QuantConfig or scheme name, got {type(config).__name__}")
-    if cfg.compute_dtype != "float32":
-        raise ConfigError("compute_dtype float16 is not implemented yet; the emitted graph computes in float32",
-                          hint="use the default float32 (TensorRT-RTX builds it; ORT CPU runs it fastest)")
     budget = AccuracyBudget.parse(accuracy_budget) if isinstance(accuracy_budget, str) else accuracy_budget
     out_dir = Path(out_dir)
     # plan before execute: refuse a taken output or an unusable setting before minutes of work
@@ -121,7 +118,7 @@ def quantize(
         budget.check_task(loaded.task)
     linears, kept = quantizable_linears(loaded, cfg.keep_fp16, cfg.quantize_lm_head)
     if isinstance(cfg, (Int4AwqConfig, Int4RtnConfig)):
-        check_int4_fits(linears, cfg.block_size)
+        check_int4_fits({n: m for n, m in linears.items() if not (is_head(n) and cfg.head_bits == 8)}, cfg.block_size)
     needs_data = cfg.needs_calibration or budget is not None or report_dir is not None or cfg.validate
     calib = make_calib_data(loaded, calib_text, tokens=cfg.calib_tokens, seq_len=cfg.calib_seq_len,
                             holdout=cfg.holdout_tokens) if needs_data else None
@@ -154,7 +151,7 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix=".edgeq-quant-", dir=out_dir.absolute().parent) as work:
         ref = export_onnx(loaded, Path(work) / "fp").onnx_path  # the folded graph is FP-equivalent
         with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-            emitted = emit_qdq(ref, plans, tmp / "model.onnx")
+            emitted = emit_qdq(ref, plans, tmp / "model.onnx", compute_dtype=cfg.compute_dtype)
             if emitted["unmatched"]:
                 raise QuantizationError(f"no ONNX MatMul found for {emitted['unmatched'][:5]} "
                                         f"({len(emitted['unmatched'])} layers)")
@@ -163,6 +160,7 @@ def quantize(
             report = {
                 "model": loaded.name, "task": loaded.task, "scheme": cfg.scheme, "config": cfg.to_dict(),
                 "compute_dtype": cfg.compute_dtype,
+                "float16_conversion": emitted["float16"],
                 "layers": {n: p.summary() for n, p in plans.items()},
                 "kept_fp16": kept,
                 "sizes": {"fp_onnx_bytes": ref.stat().st_size,

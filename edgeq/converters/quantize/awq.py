@@ -18,7 +18,7 @@ import torch
 from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, scale_predecessor
 from edgeq.converters.quantize.config import Int4AwqConfig
 from edgeq.converters.quantize.numerics import INT4_MAX, INT4_MIN, LinearPlan, choose_block, int4_block_dequant, int4_block_quant
-from edgeq.converters.quantize.registry import QuantContext, check_int4_fits, int4_plan, register_quantizer
+from edgeq.converters.quantize.registry import QuantContext, int4_plan, register_quantizer, weight_only_plan
 
 
 def _qdq(w: torch.Tensor, block: int) -> torch.Tensor:
@@ -110,7 +110,6 @@ def search_clip(g: torch.Tensor, w: torch.Tensor, block: int, max_shrink: float,
 def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg: Int4AwqConfig = ctx.cfg
     assert ctx.calib is not None
-    check_int4_fits(ctx.linears, cfg.block_size)
     model = ctx.loaded.model
     plans: dict[str, LinearPlan] = {}
     groups_report: list[dict] = []
@@ -167,6 +166,6 @@ def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
     # linears outside the repeated blocks (e.g. a quantized LM head): plain RTN
     for name, mod in ctx.linears.items():
         if name not in plans:
-            plans[name] = int4_plan(name, mod.weight.detach().float(), cfg.block_size, note="outside blocks: RTN")
+            plans[name] = weight_only_plan(name, mod.weight.detach().float(), cfg, note="outside blocks: RTN")
     ctx.stats["awq_groups"] = groups_report
     return plans

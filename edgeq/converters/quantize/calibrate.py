@@ -115,6 +115,11 @@ def _forward_params(model: Any) -> set[str]:
 
 
 # -- which linears ------------------------------------------------------------------------------
+def is_head(name: str) -> bool:
+    """Whether a linear is the model's output head (``lm_head``, an encoder's ``pooler.dense``)."""
+    return name.endswith(_HEAD_NAMES)
+
+
 def quantizable_linears(loaded: LoadedModel, keep_globs: tuple[str, ...], quantize_head: bool) -> tuple[dict[str, torch.nn.Linear], dict[str, str]]:
     """(linears to quantize, {kept linear: reason}). Raises QuantizationError when none is left."""
     chosen: dict[str, torch.nn.Linear] = {}
@@ -122,7 +127,7 @@ def quantizable_linears(loaded: LoadedModel, keep_globs: tuple[str, ...], quanti
     for name, mod in loaded.model.named_modules():
         if not isinstance(mod, torch.nn.Linear):
             continue
-        if not quantize_head and name.endswith(_HEAD_NAMES):
+        if not quantize_head and is_head(name):
             kept[name] = "head (quantize_lm_head off)"
         elif any(fnmatch.fnmatchcase(name, g) for g in keep_globs):
             kept[name] = "keep_fp16 glob"

@@ -165,14 +165,19 @@ class _Int4(QuantConfig):
 
     ``block_size`` is the requested size; a layer whose input size it does not divide gets the largest
     power of two (>= 16, what ORT's int4 kernels take) up to it that does, recorded per layer.
+    ``head_bits``: with ``quantize_lm_head``, the head's weights are INT8 per channel (8, default: the most
+    sensitive layer of a small LM loses little) or INT4 blocks like the rest (4: smallest and fastest).
     """
 
     block_size: int = 128
+    head_bits: int = 8
     max_kl: float = 0.5
     min_cosine: float = 0.95
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.head_bits not in (4, 8):
+            raise ConfigError(f"head_bits must be 4 or 8, got {self.head_bits}")
         b = int(self.block_size)
         if b < 16 or b & (b - 1):
             raise ConfigError(f"block_size must be a power of two >= 16, got {self.block_size}",

@@ -51,16 +51,32 @@ def _np_weight(plan: LinearPlan) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
     raise QuantizationError(f"unknown weight kind {plan.kind!r}")
 
 
+def _weight_source(node: Any, inits: dict[str, Any], producers: dict[str, Any]) -> tuple[str, bool] | None:
+    """(initializer, transposed) a MatMul reads as its weight: the initializer itself, or ``Transpose(init)``
+    (how the exporter writes an LM head tied to the embedding, whose [vocab, hidden] table the Gather also reads)."""
+    w = node.input[1]
+    if w in inits:
+        return w, False
+    p = producers.get(w)
+    if p is not None and p.op_type == "Transpose" and p.input[0] in inits:
+        perm = next((list(a.ints) for a in p.attribute if a.name == "perm"), [1, 0])
+        if perm == [1, 0]:
+            return p.input[0], True
+    return None
+
+
 def _act_zero_point(kind: str) -> np.ndarray:
     import ml_dtypes
 
     return np.zeros((), dtype=ml_dtypes.float8_e4m3fn if kind == "fp8" else np.int8)
 
 
-def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path) -> dict[str, Any]:
-    """Write ``dst`` (model.onnx) from the FP export ``src`` with ``plans`` applied.
+def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: str = "float32") -> dict[str, Any]:
+    """Write ``dst`` (model.onnx) from the FP export ``src`` with ``plans`` applied, computing in ``compute_dtype``
+    (``float16``: see ``half.to_float16``).
 
-    Returns {"replaced": [...], "unmatched": [...]} so the caller can check that every plan landed.
+    Returns {"replaced": [...], "unmatched": [...], "float16": stats or None} so the caller can check that every
+    plan landed.
     Raises QuantizationError when a planned weight's shape disagrees with the ONNX initializer.
     """
     import onnx
@@ -69,29 +85,28 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path) -> dict[str, An
     model = onnx.load(str(src))
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
 
+    producers = {o: n for n in graph.node for o in n.output}
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
     act_qdq: dict[tuple[str, float, str], str] = {}
     replaced: list[str] = []
-    dead: set[str] = set()
+    replaced_weights: set[str] = set()
     for orig in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(orig)  # the repeated field is cleared below; keep owned copies
         path = module_path(node.name) if node.op_type == "MatMul" else None
         plan = plans.get(path) if path else None
-        if plan is None or len(node.input) != 2 or node.input[1] not in inits:
+        source = _weight_source(node, inits, producers) if plan is not None and len(node.input) == 2 else None
+        if plan is None or source is None:
             new_nodes.append(node)
             continue
-        w_init = inits[node.input[1]]
+        w_name, transposed = source
         out_f, in_f = plan.q.shape
-        if list(w_init.dims) != [in_f, out_f]:
+        want = [out_f, in_f] if transposed else [in_f, out_f]
+        if list(inits[w_name].dims) != want:
             raise QuantizationError(
-                f"ONNX weight of {path} has shape {list(w_init.dims)}, plan expects {[in_f, out_f]}")
+                f"ONNX weight of {path} has shape {list(inits[w_name].dims)}, plan expects {want}")
         base = path.replace(".", "_")
         w, scale, attrs = _np_weight(plan)
         new_inits += [numpy_helper.from_array(w, f"{base}_wq"), numpy_helper.from_array(scale, f"{base}_wscale")]
@@ -113,13 +128,18 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path) -> dict[str, An
                 act_qdq[key] = f"{tag}_dq"
             a_in = act_qdq[key]
         node.input[0] = a_in
-        consumers[node.input[1]] -= 1
-        if consumers[node.input[1]] == 0:
-            dead.add(node.input[1])
+        replaced_weights.add(w_name)
         node.input[1] = dq_out
         new_nodes.append(node)
         replaced.append(path)
 
+    # a tied head read its weight through Transpose(embedding): drop that Transpose once nothing reads it;
+    # an FP weight goes when no node reads it any more (a tied embedding table stays for its Gather)
+    read = {name for n in new_nodes for name in n.input}
+    new_nodes = [n for n in new_nodes if not (n.op_type == "Transpose" and n.input[0] in replaced_weights
+                                              and n.output[0] not in read)]
+    read = {name for n in new_nodes for name in n.input}
+    dead = replaced_weights - read
     del graph.node[:]
     graph.node.extend(new_nodes)
     for i in reversed(range(len(graph.initializer))):
@@ -128,8 +148,13 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path) -> dict[str, An
     graph.initializer.extend(new_inits)
     _set_opset(model)
     _check_domains(model)
+    half = None
+    if compute_dtype == "float16":
+        from edgeq.converters.quantize.half import to_float16
+
+        half = to_float16(model).to_dict()
     _save(model, dst)
-    return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced))}
+    return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced)), "float16": half}
 
 
 def _set_opset(model: Any) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from edgeq.converters.quantize.calibrate import CalibData
 from edgeq.converters.quantize.config import QuantConfig
-from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_quant
+from edgeq.converters.quantize.calibrate import CalibData, is_head
+from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_quant, int8_channel_quant
 from edgeq.converters.sources import LoadedModel
 from edgeq.errors import QuantizationError
 
@@ -64,6 +64,14 @@ def int4_plan(name: str, w: torch.Tensor, requested: int, clip: torch.Tensor | N
     q, scale = int4_block_quant(w.float(), block, clip)
     note = {} if block == requested else {"block_size_note": f"requested {requested} does not divide {w.shape[1]}"}
     return LinearPlan(name, "int4", q, scale, block_size=block, info={**note, **info})
+
+
+def weight_only_plan(name: str, w: torch.Tensor, cfg: Any, clip: torch.Tensor | None = None, **info: Any) -> LinearPlan:
+    """The plan of one linear under an INT4 scheme: INT4 blocks, except a head kept at ``cfg.head_bits == 8``."""
+    if is_head(name) and cfg.head_bits == 8:
+        q, scale = int8_channel_quant(w.float())
+        return LinearPlan(name, "int8", q, scale, info={**info, "note": "LM head: INT8 per channel (head_bits=8)"})
+    return int4_plan(name, w, cfg.block_size, clip, **info)
 
 
 def check_int4_fits(linears: dict[str, torch.nn.Linear], requested: int) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from edgeq.converters.quantize.config import Int4RtnConfig, Int8WeightOnlyConfig
 from edgeq.converters.quantize.numerics import LinearPlan, int8_channel_quant
-from edgeq.converters.quantize.registry import QuantContext, int4_plan, register_quantizer
+from edgeq.converters.quantize.registry import QuantContext, register_quantizer, weight_only_plan
 
 
 @register_quantizer(Int4RtnConfig)
 def quantize_int4_rtn(ctx: QuantContext) -> dict[str, LinearPlan]:
-    return {n: int4_plan(n, m.weight.detach(), ctx.cfg.block_size) for n, m in ctx.linears.items()}
+    return {n: weight_only_plan(n, m.weight.detach(), ctx.cfg) for n, m in ctx.linears.items()}
 
 
 @register_quantizer(Int8WeightOnlyConfig)

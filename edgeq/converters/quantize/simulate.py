@@ -16,14 +16,18 @@ from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
 
 @contextlib.contextmanager
 def simulated(model: Any, plans: dict[str, LinearPlan]) -> Iterator[None]:
-    """Within the block the model computes with ``plans`` applied; the FP weights come back after."""
-    saved: dict[str, torch.Tensor] = {}
+    """Within the block the model computes with ``plans`` applied; the FP weights come back after.
+
+    Each planned Linear gets a new weight Parameter (never ``.data`` of the old one): an LM head tied to the
+    embedding must not quantize the embedding lookup with it.
+    """
+    saved: dict[str, torch.nn.Parameter] = {}
     handles = []
     try:
         for name, plan in plans.items():
             mod = model.get_submodule(name)
-            saved[name] = mod.weight.data
-            mod.weight.data = plan.dequant().to(saved[name].dtype)
+            saved[name] = mod.weight
+            mod.weight = torch.nn.Parameter(plan.dequant().to(saved[name].dtype), requires_grad=False)
             if plan.act_scale is not None:
                 def pre(_m: Any, args: tuple[Any, ...], s: float = plan.act_scale, k: str = plan.act_kind or "int8") -> tuple[Any, ...]:
                     return (fake_quant_act(args[0], s, k),) + tuple(args[1:])
@@ -33,7 +37,7 @@ def simulated(model: Any, plans: dict[str, LinearPlan]) -> Iterator[None]:
         for h in handles:
             h.remove()
         for name, w in saved.items():
-            model.get_submodule(name).weight.data = w
+            model.get_submodule(name).weight = w
 
 
 def forward_outputs(loaded: LoadedModel, ids: torch.Tensor) -> torch.Tensor:

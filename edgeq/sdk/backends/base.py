@@ -58,6 +58,8 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self.input_names: list[str] = []
+        #: name → numpy dtype of every input (an FP16 graph takes its KV cache in float16)
+        self.input_dtypes: dict[str, np.dtype] = {}
         self.output_names: list[str] = []
         self.description = self.name
         self._open_ = False

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeq.errors import BundleError
 from edgeq.sdk.backends.base import Backend, BackendOptions, register_backend
+from edgeq.sdk.dtypes import session_input_dtypes
 from edgeq.sdk.manifest import EngineInfo
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class _OrtBackend(Backend):
         self._run = self._session.run
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        self.input_types = {i.name: i.type for i in self._session.get_inputs()}
+        self.input_dtypes = session_input_dtypes(self._session)
         self.description = f"{self.name} ({', '.join(self._session.get_providers())})"
 
     def _session_with_fallback(self, ort: Any, model_path: str, so: Any) -> Any:

@@ -77,6 +77,7 @@ class _TrtBackend(Backend):
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self.input_dtypes = {n: self._dtypes[n] for n in self.input_names}
         from edgeq.sdk.backends.cudart import DeviceBuffer
 
         self._buffers = {n: DeviceBuffer() for n in names}

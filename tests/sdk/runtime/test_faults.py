@@ -82,7 +82,7 @@ def _lm_feeds(rt: Runtime) -> dict[str, np.ndarray]:
 
     h = rt._current
     return lm_prefill_feeds(np.array([h.tokenizer.encode("Guido remains Python's principal author")]),
-                            h.backend.input_names, h.info)
+                            h.backend.input_dtypes, h.info)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,10 @@ def rt(lm_bundles: dict[int, Path]) -> Runtime:
 def _no_cache_greedy(onnx: Path, prompt: list[int], n: int, info: object) -> list[int]:
     """Reference: re-run the whole sequence each step (no KV cache)."""
     from edgeq.sdk.canary import lm_prefill_feeds
+    from edgeq.sdk.dtypes import session_input_dtypes
 
     s = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    names = [i.name for i in s.get_inputs()]
+    names = session_input_dtypes(s)
     ids = list(prompt)
     for _ in range(n):
         logits = s.run(["logits"], lm_prefill_feeds(np.array([ids]), names, info))[0]

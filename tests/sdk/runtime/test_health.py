@@ -10,6 +10,7 @@ import pytest
 
 from edgeq.errors import BundleError, ConfigError
 from edgeq.sdk.health import CANARIES_NPZ, HEALTH_JSON, HealthSpec, Thresholds
+from edgeq.sdk.dtypes import session_input_dtypes
 
 
 def _spec(**kw: object) -> HealthSpec:
@@ -77,12 +78,12 @@ def test_lm_health_data_is_small_and_reproduces_its_baseline(tiny_llama_onnx: Pa
     s = ort.InferenceSession(str(tiny_q_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
     info = ModelInfo.from_bytes((tiny_llama_onnx / "edgeq_model.json").read_bytes())
-    res = run_canary(lambda f: dict(zip(names, s.run(None, f))), spec.arrays, [i.name for i in s.get_inputs()], info)
+    res = run_canary(lambda f: dict(zip(names, s.run(None, f))), spec.arrays, session_input_dtypes(s), info)
     assert res.scores == pytest.approx(spec.baseline, abs=1e-5)
     assert spec.judge(res.scores, finite=res.finite).ok
     # the FP model itself scores perfectly against its own reference
     fp = ort.InferenceSession(str(tiny_llama_onnx / "model.onnx"), providers=["CPUExecutionProvider"])
-    res_fp = run_canary(lambda f: dict(zip(names, fp.run(None, f))), spec.arrays, [i.name for i in fp.get_inputs()], info)
+    res_fp = run_canary(lambda f: dict(zip(names, fp.run(None, f))), spec.arrays, session_input_dtypes(fp), info)
     assert res_fp.scores["top1"] == 1.0 and res_fp.scores["kl_quality"] == pytest.approx(1.0, abs=1e-6)
 
 

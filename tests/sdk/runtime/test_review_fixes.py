@@ -33,8 +33,8 @@ def test_canary_runs_within_a_batch_one_profile(lm_store: Path) -> None:
                 raise RuntimeErrorBase(f"shape outside the profile: batch {batch}")
             return dict(zip(h.output_names, h.backend.infer(feeds)))
 
-        res = run_canary(batch_one_only, arrays, h.backend.input_names, h.info)
-        whole = run_canary(lambda f: dict(zip(h.output_names, h.backend.infer(f))), arrays, h.backend.input_names, h.info)
+        res = run_canary(batch_one_only, arrays, h.backend.input_dtypes, h.info)
+        whole = run_canary(lambda f: dict(zip(h.output_names, h.backend.infer(f))), arrays, h.backend.input_dtypes, h.info)
         assert res.finite and res.scores["top1"] == pytest.approx(whole.scores["top1"])
         assert rt.check_health().ok
 

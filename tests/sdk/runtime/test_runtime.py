@@ -23,7 +23,7 @@ def test_infer_equals_raw_onnxruntime(lm_store: Path, tiny_q_dir: Path) -> None:
 
     raw = ort.InferenceSession(str(tiny_q_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     with Runtime.open(lm_store, MODEL, monitor=MonitorConfig(enabled=False)) as rt:
-        feeds = lm_prefill_feeds(np.array([[5, 6, 7, 8]]), rt._current.backend.input_names, rt._current.info)
+        feeds = lm_prefill_feeds(np.array([[5, 6, 7, 8]]), rt._current.backend.input_dtypes, rt._current.info)
         got = rt.infer(feeds)
         ref = dict(zip([o.name for o in raw.get_outputs()], raw.run(None, feeds)))
         assert got.keys() == ref.keys()
