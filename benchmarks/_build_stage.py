@@ -1,7 +1,7 @@
 """One build stage per process, so that bench_build can measure each stage's wall time and peak RSS alone.
 
     python benchmarks/_build_stage.py export MODEL OUT
-    python benchmarks/_build_stage.py quantize MODEL SCHEME OUT
+    python benchmarks/_build_stage.py quantize MODEL SCHEME OUT [COMPUTE_DTYPE]
     python benchmarks/_build_stage.py edgeq-engine ONNX TARGET PRECISION TASK PLAN_OUT ENGINE_OUT
     python benchmarks/_build_stage.py raw-trtrtx ONNX PLAN_JSON ENGINE_OUT
     python benchmarks/_build_stage.py edgeq-build MODEL TARGET OUT
@@ -33,10 +33,12 @@ def export(model: str, out: str) -> None:
     _done(onnx=str(r.onnx_path))
 
 
-def quantize(model: str, scheme: str, out: str) -> None:
+def quantize(model: str, scheme: str, out: str, compute_dtype: str = "float16") -> None:
+    """Quantize as ``edgeq build`` does for a GPU target (FP16 compute unless told otherwise)."""
+    from edgeq.converters.quantize import get_config
     from edgeq.converters.quantize import quantize as q
 
-    r = q(model, scheme, out, overwrite=True)
+    r = q(model, get_config(scheme, compute_dtype=compute_dtype), out, overwrite=True)
     _done(onnx=str(r.onnx_path), time_s=r.report.get("time_s"))
 
 
