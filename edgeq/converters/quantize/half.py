@@ -62,10 +62,21 @@ def _to_half(arr: np.ndarray, stats: HalfStats) -> np.ndarray:
     return np.clip(a, -FP16_MAX, FP16_MAX, where=np.isfinite(a), out=a.copy()).astype(np.float16)
 
 
+def _light(model: Any) -> Any:
+    """The graph with its initializers as typed inputs: shape inference needs no weight bytes (and a model past
+    protobuf's 2 GB, e.g. an unquantized 0.6B model in FP32, could not be inferred with them)."""
+    from onnx import helper
+
+    g = model.graph
+    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer]
+    light = helper.make_graph(list(g.node), g.name, [*g.input, *weights], list(g.output))
+    return helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
 def _infer_types(model: Any) -> dict[str, int]:
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(_light(model))
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     types.update({t.name: t.data_type for t in g.initializer})
@@ -161,7 +172,7 @@ def to_float16(model: Any) -> HalfStats:
             del graph.initializer[i]
     del graph.value_info[:]
     try:
-        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.shape_inference.infer_shapes(_light(model), strict_mode=True)
     except Exception as exc:  # onnx raises InferenceError subclasses of its C++ errors
         raise QuantizationError(f"float16 conversion produced an inconsistent graph: {exc}") from exc
     return stats
