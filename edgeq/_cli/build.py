@@ -9,15 +9,7 @@ import typer
 from rich.table import Table
 
 from edgeq._cli.common import OverwriteOpt, console, err_console
-
-
-def _overrides(block_size: int | None, quantize_head: bool) -> dict[str, object]:
-    out: dict[str, object] = {}
-    if block_size is not None:
-        out["block_size"] = block_size
-    if quantize_head:
-        out["quantize_lm_head"] = True
-    return out
+from edgeq._cli.quantize import _overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
         result = run_build(model, target, precision, out, sign_key=sign_key, variant=variant,
                            bundle_version=bundle_version, overwrite=overwrite, console=err_console,
-                           health=health, quant_overrides=_overrides(block_size, quantize_head))
+                           health=health, quant_overrides=_overrides(block_size, None, None, quantize_head=quantize_head))
         table = Table("", "", title=f"{result.model_name} → {result.target}", show_header=False)
         for label, value in result.summary_rows():
             table.add_row(label, value)

@@ -19,7 +19,7 @@ inference of the source graph; the result is checked by strict shape inference.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,9 +44,7 @@ class HalfStats:
     fp32_scale_dqs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fp16_nodes": self.fp16_nodes, "fp32_nodes": self.fp32_nodes, "casts_inserted": self.casts_inserted,
-                "initializers_converted": self.initializers_converted, "saturated_values": self.saturated_values,
-                "fp32_scale_dqs": self.fp32_scale_dqs}
+        return asdict(self)
 
 
 def is_fp32_node(node_name: str) -> bool:
@@ -78,8 +76,8 @@ def _infer_types(model: Any) -> dict[str, int]:
 
     inferred = onnx.shape_inference.infer_shapes(_light(model))
     g = inferred.graph
+    # the light graph carries the initializers as inputs, so their types come with g.input
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
-    types.update({t.name: t.data_type for t in g.initializer})
     for node in g.node:
         if node.op_type == "Constant":
             for a in node.attribute:
