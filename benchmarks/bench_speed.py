@@ -28,7 +28,8 @@ from benchmarks.common import (  # noqa: E402
 
 #: precision label -> candidate label in schemes.LM (the same files bench_quality measured)
 LM_VARIANTS = {"FP32": "fp32", "INT8": "edgeq int8-wo", "INT4": "edgeq int4-awq g128",
-               "INT4 g64 +head8": "edgeq int4-awq g64 head8", "INT4 g64 +head4": "edgeq int4-awq g64 head4"}
+               "INT4 g64 +head8": "edgeq int4-awq g64 head8", "INT4 g64 +head4": "edgeq int4-awq g64 head4",
+               "INT4 g64 sym +head4": "edgeq int4-awq g64 sym head4"}
 ENC_VARIANTS = {"FP32": "fp32", "INT8": "edgeq int8-sq", "INT4": "edgeq int4-awq g128", "ORT dyn INT8": "ORT dynamic int8"}
 
 

@@ -6,9 +6,11 @@ Per block, on calibration activations captured through hooks:
    ``x/s @ Q(W*s)``; fold ``1/s`` into the predecessor and ``s`` into the weights (FP-equivalent).
 2. For every linear, search a shrink ratio of each block's range (1 down to 1 - max_shrink) minimising
    the block's output error on all calibration rows.
-Both errors are exact mean squared output errors computed through the input's Gram matrix, so every
+3. ``rounding="gptq"`` (default): round with GPTQ on the scaled weights (``gptq.py``), each block's clip
+   searched as GPTQ reaches it, and run the block quantized to produce the next block's input;
+   ``"nearest"``: round to nearest and re-run the block FP (scaled), as the reference AWQ does.
+Errors are exact mean squared output errors computed through the input's Gram matrix, so every
 calibration token counts at a cost independent of their number.
-The block is then re-run (FP, scaled) to produce the next block's input, as the reference AWQ does.
 """
 
 from __future__ import annotations
@@ -17,25 +19,19 @@ import torch
 
 from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, scale_predecessor
 from edgeq.converters.quantize.config import Int4AwqConfig
-from edgeq.converters.quantize.numerics import INT4_MAX, INT4_MIN, LinearPlan, choose_block, int4_block_dequant, int4_block_quant
-from edgeq.converters.quantize.registry import QuantContext, int4_plan, register_quantizer, weight_only_plan
+from edgeq.converters.quantize.gptq import gram, int4_block_gptq
+from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_dequant, int4_block_quant
+from edgeq.converters.quantize.registry import QuantContext, block_note, fit_block, int4_plan, register_quantizer, weight_only_plan
+from edgeq.converters.quantize.simulate import simulated
 
 
-def _qdq(w: torch.Tensor, block: int) -> torch.Tensor:
-    q, s = int4_block_quant(w, block)
-    return int4_block_dequant(q, s, block)
-
-
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """``x^T x / T``: the output error of a weight change D is then ``sum((D @ G) * D)``, so the searches
-    below cost O(out * in^2) per candidate whatever the number of calibration rows (float32 is ample
-    to rank candidates)."""
-    x = x.float()
-    return (x.T @ x) / x.shape[0]
+def _qdq(w: torch.Tensor, block: int, asymmetric: bool, clip: torch.Tensor | None = None) -> torch.Tensor:
+    q, s, o = int4_block_quant(w, block, clip, asymmetric)
+    return int4_block_dequant(q, s, block, o)
 
 
 def search_scale(g: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Tensor], blocks: list[int],
-                 n_grid: int, tie: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float, bool]:
+                 n_grid: int, tie: torch.Tensor | None = None, asymmetric: bool = False) -> tuple[torch.Tensor, float, float, bool]:
     """Best per-input-channel scale for one group: (s, ratio, relative error gain vs no scaling, duo).
 
     Candidates are ``s = mean|x|^r`` (the paper) and ``s = mean|x|^r / mean|w|^(1-r)`` ("duo" scaling, as
@@ -55,7 +51,7 @@ def search_scale(g: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Tens
             s = s / (s.max() * s.min()).sqrt()
             err = 0.0
             for w, b in zip(weights, blocks):
-                d = _qdq(w * s, b) / s - w
+                d = _qdq(w * s, b, asymmetric) / s - w
                 err += float(((d @ g) * d).sum(dtype=torch.float64)) / w.shape[0]
             if err0 is None:
                 err0 = err
@@ -85,24 +81,23 @@ def gqa_tie(config: object, o_in: int, v_out: int) -> torch.Tensor | None:
     return ((i // hd) // (heads // kv)) * hd + i % hd
 
 
-def search_clip(g: torch.Tensor, w: torch.Tensor, block: int, max_shrink: float, steps: int) -> torch.Tensor:
+def search_clip(g: torch.Tensor, w: torch.Tensor, block: int, max_shrink: float, steps: int,
+                asymmetric: bool = False) -> torch.Tensor:
     """Per (output row, block) shrink factor of the range minimising that block's output error
     (the block-diagonal part of the Gram matrix: blocks are quantized independently)."""
     out_f, in_f = w.shape
     n_b = in_f // block
     wb = w.reshape(out_f, n_b, block).float()
     gb = torch.stack([g[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(n_b)])
-    amax = wb.abs().amax(dim=-1, keepdim=True)
     best_err = torch.full((out_f, n_b), float("inf"))
     best = torch.ones(out_f, n_b)
     for i in range(steps):
-        shrink = 1.0 - max_shrink * i / steps
-        scale = (amax * shrink / INT4_MAX).clamp(min=1e-12)
-        d = torch.round(wb / scale).clamp(INT4_MIN, INT4_MAX) * scale - wb
+        shrink = torch.full((out_f, n_b), 1.0 - max_shrink * i / steps)
+        d = _qdq(w.float(), block, asymmetric, shrink).reshape(out_f, n_b, block) - wb
         err = torch.einsum("ogb,gbc,ogc->og", d, gb, d)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best = torch.where(better, torch.full_like(best, shrink), best)
+        best = torch.where(better, shrink, best)
     return best
 
 
@@ -131,7 +126,7 @@ def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
             mods = [ctx.linears[m] for m in members]
             ws = [m.weight.detach().float() for m in mods]
             blocks = [choose_block(w.shape[1], cfg.block_size) for w in ws]
-            s, ratio, gain, duo = search_scale(gram(x), x.abs().mean(dim=0), ws, blocks, cfg.n_grid, tie)
+            s, ratio, gain, duo = search_scale(gram(x), x.abs().mean(dim=0), ws, blocks, cfg.n_grid, tie, cfg.asymmetric)
             # under GQA the predecessor (v_proj) gets one scale per KV channel; tied values are equal
             s_prev = s if tie is None else torch.zeros(int(tie.max()) + 1).index_copy_(0, tie, s)
             if not scale_predecessor(model, prev, kind, s_prev):
@@ -146,26 +141,42 @@ def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
                 done_scale.add(m)
             groups_report.append({"group": members, "ratio": ratio, "duo": duo, "mse_gain": round(gain, 4)})
         grams: dict[int, torch.Tensor] = {}
+        block_plans: dict[str, LinearPlan] = {}
         for name, x_all in inputs.items():
             if name not in ctx.linears:
                 continue
+            if id(x_all) not in grams:  # q/k/v (and gate/up) share one input tensor
+                grams[id(x_all)] = gram(x_all)
             w = ctx.linears[name].weight.detach().float()
-            block = choose_block(w.shape[1], cfg.block_size)
-            clip = None
-            if cfg.clip_search:
-                key = id(x_all)
-                if key not in grams:  # q/k/v (and gate/up) share one input tensor
-                    grams[key] = gram(x_all)
-                clip = search_clip(grams[key], w, block, cfg.max_shrink, cfg.clip_steps)
-            info = {"awq_scaled": name in done_scale}
-            if clip is not None:
-                info["mean_clip"] = round(float(clip.mean()), 4)
-            plans[name] = int4_plan(name, w, cfg.block_size, clip, **info)
-        del inputs
-        advance()
+            block_plans[name] = _plan(cfg, name, w, grams[id(x_all)], awq_scaled=name in done_scale)
+        del inputs, grams
+        if cfg.rounding == "gptq":
+            # GPTQ's sequential order: the next block is calibrated on this one's quantized output
+            with simulated(model, block_plans):
+                advance()
+        else:
+            advance()  # published AWQ: the next block sees this one FP (scaled)
+        plans.update(block_plans)
     # linears outside the repeated blocks (e.g. a quantized LM head): plain RTN
     for name, mod in ctx.linears.items():
         if name not in plans:
             plans[name] = weight_only_plan(name, mod.weight.detach().float(), cfg, note="outside blocks: RTN")
     ctx.stats["awq_groups"] = groups_report
     return plans
+
+
+def _plan(cfg: Int4AwqConfig, name: str, w: torch.Tensor, g: torch.Tensor, **info: object) -> LinearPlan:
+    """One linear's INT4 plan after scaling: the clipping search, then GPTQ or nearest rounding."""
+    block = fit_block(name, w.shape[1], cfg.block_size)
+    if cfg.rounding == "gptq":
+        def clip(g_block: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return search_clip(g_block, cols, block, cfg.max_shrink, cfg.clip_steps, cfg.asymmetric)[:, 0]
+
+        q, scale, offset = int4_block_gptq(w, g, block, cfg.gptq_damp, cfg.asymmetric,
+                                           clip if cfg.clip_search else None)
+        return LinearPlan(name, "int4", q, scale, block_size=block, offset=offset,
+                          info={**block_note(block, cfg.block_size, w.shape[1]), **info, "rounding": "gptq"})
+    clip_r = search_clip(g, w, block, cfg.max_shrink, cfg.clip_steps, cfg.asymmetric) if cfg.clip_search else None
+    if clip_r is not None:
+        info["mean_clip"] = round(float(clip_r.mean()), 4)
+    return int4_plan(name, w, cfg.block_size, clip_r, cfg.asymmetric, **info, rounding="nearest")

@@ -2,7 +2,8 @@
 
 Weights are ``[out, in]`` (torch Linear layout); the emitter transposes to ONNX's ``[in, out]``.
 Rounding is half-to-even (torch.round, like QuantizeLinear); FP8 saturates to ±448 (QuantizeLinear's
-default ``saturate=1``); all schemes are symmetric because TensorRT takes no zero points for INT4/FP8.
+default ``saturate=1``); grids are symmetric because TensorRT takes no zero points for INT4/FP8, except the
+asymmetric INT4 option, whose per-block offsets the emitter writes as a separate exact correction term.
 """
 
 from __future__ import annotations
@@ -18,24 +19,40 @@ FP8_MAX = 448.0
 _EPS = 1e-12
 
 
-def int4_block_quant(w: torch.Tensor, block: int, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT4 per (output row, input block). Returns (q int8 [out,in], scale [out, in//block]).
+def int4_block_quant(w: torch.Tensor, block: int, clip: torch.Tensor | None = None,
+                     asymmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """INT4 per (output row, input block). Returns (q int8 [out,in], scale [out, in//block], offset or None).
 
-    ``clip`` ([out, in//block], in (0, 1]) shrinks each block's range (AWQ's clipping search).
+    Symmetric: ``w ~ q * scale`` over ±max|w|. Asymmetric: ``w ~ q * scale + offset`` with the block's
+    [min, max] mapped onto [-8, 7] (what a zero point does; the emitter writes the offset as an exact
+    correction term, since TensorRT takes no INT4 zero points). ``clip`` ([out, in//block], in (0, 1])
+    shrinks each block's range (about 0, or about the block's midpoint when asymmetric).
     """
     out_f, in_f = w.shape
     wb = w.reshape(out_f, in_f // block, block)
+    if asymmetric:
+        lo, hi = wb.amin(dim=-1), wb.amax(dim=-1)
+        if clip is not None:
+            mid, half = (hi + lo) / 2, (hi - lo) / 2 * clip
+            lo, hi = mid - half, mid + half
+        scale = ((hi - lo) / (INT4_MAX - INT4_MIN)).clamp(min=_EPS)
+        offset = lo - INT4_MIN * scale
+        q = torch.round((wb - offset.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(INT4_MIN, INT4_MAX)
+        return q.reshape(out_f, in_f).to(torch.int8), scale, offset
     amax = wb.abs().amax(dim=-1)
     if clip is not None:
         amax = amax * clip
     scale = (amax / INT4_MAX).clamp(min=_EPS)
     q = torch.round(wb / scale.unsqueeze(-1)).clamp(INT4_MIN, INT4_MAX)
-    return q.reshape(out_f, in_f).to(torch.int8), scale
+    return q.reshape(out_f, in_f).to(torch.int8), scale, None
 
 
-def int4_block_dequant(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+def int4_block_dequant(q: torch.Tensor, scale: torch.Tensor, block: int, offset: torch.Tensor | None = None) -> torch.Tensor:
     out_f, in_f = q.shape
-    return (q.float().reshape(out_f, in_f // block, block) * scale.unsqueeze(-1)).reshape(out_f, in_f)
+    wb = q.float().reshape(out_f, in_f // block, block) * scale.unsqueeze(-1)
+    if offset is not None:
+        wb = wb + offset.unsqueeze(-1)
+    return wb.reshape(out_f, in_f)
 
 
 def int8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,12 +100,13 @@ class LinearPlan:
     scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4
     block_size: int | None = None
     act_scale: float | None = None  # per-tensor static scale of the input activation (W8A8)
+    offset: torch.Tensor | None = None  # asymmetric INT4: per-block offset [out, in//block] added after DQ
     info: dict[str, Any] = field(default_factory=dict)
 
     def dequant(self) -> torch.Tensor:
         if self.kind == "int4":
             assert self.block_size is not None
-            return int4_block_dequant(self.q, self.scale, self.block_size)
+            return int4_block_dequant(self.q, self.scale, self.block_size, self.offset)
         return self.q.float() * self.scale[:, None]
 
     @property
@@ -100,6 +118,7 @@ class LinearPlan:
                              "shape": list(self.q.shape)}
         if self.block_size is not None:
             d["block_size"] = self.block_size
+            d["asymmetric"] = self.offset is not None
         if self.act_scale is not None:
             d["act_scale"] = self.act_scale
         d.update(self.info)

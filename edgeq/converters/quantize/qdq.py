@@ -4,7 +4,11 @@ Each ``MatMul`` whose weight is an initializer is mapped back to its torch Linea
 node name (``/model/layers.0/self_attn/q_proj/MatMul`` -> ``model.layers.0.self_attn.q_proj``). Its FP
 weight is replaced by a compact INT4/INT8/FP8 initializer + a standard-domain DequantizeLinear
 (INT4: ``block_size`` along the input axis 0; INT8/FP8: per-output-channel, axis 1), and W8A8 layers get
-a QuantizeLinear -> DequantizeLinear pair on their input activation. Only opset-21 ai.onnx ops are used,
+a QuantizeLinear -> DequantizeLinear pair on their input activation. Asymmetric INT4 keeps the symmetric
+DequantizeLinear (TensorRT takes no INT4 zero points) and adds the per-block offsets exactly:
+``y = x @ DQ(q) + (x @ B) @ O`` with ``B`` the [in, blocks] 0/1 block indicator (its product with ``x`` is
+each block's sum, shared by the layers reading one input) and ``O`` the [blocks, out] offsets.
+Only opset-21 ai.onnx ops are used,
 so the same file loads in ONNX Runtime CPU (which fuses DQ(int4)->MatMul into MatMulNBits) and parses in
 TensorRT(-RTX).
 """
@@ -90,6 +94,7 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
     act_qdq: dict[tuple[str, float, str], str] = {}
+    block_sums: dict[tuple[str, int], str] = {}
     replaced: list[str] = []
     replaced_weights: set[str] = set()
     for orig in graph.node:
@@ -131,6 +136,8 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
         replaced_weights.add(w_name)
         node.input[1] = dq_out
         new_nodes.append(node)
+        if plan.offset is not None:
+            new_nodes += _offset_correction(node, plan, base, path, block_sums, new_inits)
         replaced.append(path)
 
     # a tied head read its weight through Transpose(embedding): drop that Transpose once nothing reads it;
@@ -155,6 +162,34 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
         half = to_float16(model).to_dict()
     _save(model, dst)
     return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced)), "float16": half}
+
+
+def _offset_correction(node: Any, plan: LinearPlan, base: str, path: str, block_sums: dict[tuple[str, int], str],
+                       new_inits: list[Any]) -> list[Any]:
+    """Nodes adding asymmetric INT4's offsets to ``node``'s output (renamed): block sums of its input (made
+    once per input and block size), times the [blocks, out] offsets, added back under the original name."""
+    from onnx import helper, numpy_helper
+
+    out_f, in_f = plan.q.shape
+    block = int(plan.block_size or 0)
+    prefix = f"/{path.replace('.', '/')}"
+    nodes = []
+    key = (node.input[0], block)
+    if key not in block_sums:
+        ind = f"block_indicator_{in_f}_{block}"
+        if not any(t.name == ind for t in new_inits):
+            eye = np.repeat(np.eye(in_f // block, dtype=np.float32), block, axis=0)  # [in, blocks]
+            new_inits.append(numpy_helper.from_array(eye, ind))
+        block_sums[key] = f"{base}_block_sums"
+        nodes.append(helper.make_node("MatMul", [node.input[0], ind], [block_sums[key]], name=f"{prefix}/BlockSums_MatMul"))
+    assert plan.offset is not None
+    offsets = numpy_helper.from_array(plan.offset.T.contiguous().float().numpy(), f"{base}_woffset")  # [blocks, out]
+    new_inits.append(offsets)
+    y = node.output[0]
+    node.output[0] = f"{base}_main"
+    nodes.append(helper.make_node("MatMul", [block_sums[key], offsets.name], [f"{base}_offset"], name=f"{prefix}/Offset_MatMul"))
+    nodes.append(helper.make_node("Add", [f"{base}_main", f"{base}_offset"], [y], name=f"{prefix}/Offset_Add"))
+    return nodes
 
 
 def _set_opset(model: Any) -> None:
