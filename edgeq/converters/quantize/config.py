@@ -208,6 +208,8 @@ class _Int4(QuantConfig):
         super().__post_init__()
         if self.head_bits not in (4, 8):
             raise ConfigError(f"head_bits must be 4 or 8, got {self.head_bits}")
+        if not isinstance(self.asymmetric, bool):
+            raise ConfigError(f"asymmetric must be true or false, got {self.asymmetric!r}")
         b = int(self.block_size)
         if b < 16 or b & (b - 1):
             raise ConfigError(f"block_size must be a power of two >= 16, got {self.block_size}",

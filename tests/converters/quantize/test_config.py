@@ -37,13 +37,16 @@ def test_unknown_scheme_lists_valid() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"block_size": 48}, {"block_size": 8}, {"n_grid": 0}, {"max_shrink": 1.5},
-                                    {"compute_dtype": "bfloat16"}, {"nonsense": 1}])
+                                    {"compute_dtype": "bfloat16"}, {"nonsense": 1}, {"asymmetric": "yes"},
+                                    {"rounding": "stochastic"}, {"gptq_damp": 0.0}])
 def test_bad_options(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         get_config("int4-awq", **kwargs)
 
 
 def test_bad_alpha_and_calib() -> None:
+    with pytest.raises(ConfigError):
+        get_config("int8-wo", rounding="round")
     with pytest.raises(ConfigError):
         get_config("int8", alpha=1.5)
     with pytest.raises(ConfigError):

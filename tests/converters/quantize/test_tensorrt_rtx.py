@@ -20,3 +20,18 @@ def test_builds_for_sm89(tiny_llama, tmp_path, scheme: str) -> None:
     res = quantize(tiny_llama, cfg, tmp_path / scheme)
     ok, log = build_rtx(res.out_dir, "SM89")
     assert ok, log
+
+
+@pytest.mark.parametrize("asymmetric", [True, False])
+def test_int4_offset_correction_builds_fp16(tiny_llama, tmp_path, asymmetric: bool) -> None:
+    """Asymmetric INT4's correction term (block-sum and offset MatMuls) builds in an FP16-compute engine;
+    the symmetric file has none of those nodes."""
+    import onnx
+
+    cfg = get_config("int4-awq", block_size=32, asymmetric=asymmetric, compute_dtype="float16")
+    res = quantize(tiny_llama, cfg, tmp_path / "q")
+    nodes = onnx.load(str(res.onnx_path), load_external_data=False).graph.node
+    n_offsets = sum(n.name.endswith("/Offset_MatMul") for n in nodes)
+    assert n_offsets == (len(res.report["layers"]) if asymmetric else 0)
+    ok, log = build_rtx(res.out_dir, "SM89")
+    assert ok, log

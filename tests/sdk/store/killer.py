@@ -1,8 +1,10 @@
 """Driver for the kill -9 test: fork an installer per store copy and SIGKILL it at a random point.
 
-Run as ``python -m tests.sdk.store.killer TEMPLATE BUNDLE OUT_DIR RUNS SEED``; it writes
+Run as ``python -m tests.sdk.store.killer TEMPLATE BUNDLE OUT_DIR KILLS SEED``; it writes
 ``OUT_DIR/results.json`` with one record per run. Half the runs die at a random injected step
-(``Store._fault_hook``), half at a random wall-clock delay measured against a dry run. The checks
+(``Store._fault_hook``), half at a random wall-clock delay measured against a dry run (some of those
+finish first, more so on a loaded machine), so runs go on until KILLS installers were killed
+(at most 2 × KILLS runs). The checks
 live in the test, which inspects every store copy afterwards. A separate interpreter (not pytest's)
 forks, so no pytest or torch threads are ever duplicated into the children.
 """
@@ -50,11 +52,12 @@ def _dry_run(template: Path, bundle: str, scratch: Path) -> tuple[int, float]:
     return len(names), elapsed
 
 
-def main(template: Path, bundle: str, out: Path, runs: int, seed: int) -> None:
+def main(template: Path, bundle: str, out: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     n_steps, t_install = _dry_run(template, bundle, out / "dry")
-    results = []
-    for i in range(runs):
+    results: list[dict] = []
+    i = 0
+    while sum(r["killed"] for r in results) < kills and i < 2 * kills:
         root = out / f"run{i:03d}"
         shutil.copytree(template, root)
         mode = "step" if i % 2 == 0 else "delay"
@@ -78,6 +81,7 @@ def main(template: Path, bundle: str, out: Path, runs: int, seed: int) -> None:
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         results.append({"root": str(root), "mode": mode, "step": kill_at, "delay": delay, "killed": killed,
                         "exit": None if killed else os.waitstatus_to_exitcode(status)})
+        i += 1
     (out / "results.json").write_text(json.dumps({"steps": n_steps, "t_install": t_install, "runs": results}))
 
 
