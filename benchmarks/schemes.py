@@ -56,6 +56,8 @@ LM: tuple[Candidate, ...] = (
     Candidate("edgeq int4-awq g128", "edgeq", _edgeq("int4-awq", block_size=128), "INT4 AWQ asymmetric (default), block 128 requested (64 where 128 does not divide the input size)"),
     Candidate("edgeq int4-awq g128 sym", "edgeq", _edgeq("int4-awq", block_size=128, asymmetric=False), "INT4 AWQ symmetric (no correction term), block 128 requested", tier="full"),
     Candidate("edgeq int4-awq g128 gptq", "edgeq", _edgeq("int4-awq", block_size=128, rounding="gptq"), "INT4 AWQ asymmetric + GPTQ rounding (damp 0.01), block 128 requested", tier="full"),
+    Candidate("edgeq int4-rtn g32", "edgeq", _edgeq("int4-rtn", block_size=32),
+              "INT4 RTN asymmetric, block 32: the GGUF Q4_1 grid this SmolLM2 came from (expected lossless)", tier="full"),
     Candidate("edgeq int4-awq g64", "edgeq", _edgeq("int4-awq", block_size=64), "INT4 AWQ, block 64", tier="full"),
     Candidate("edgeq int4-awq g32", "edgeq", _edgeq("int4-awq", block_size=32), "INT4 AWQ, block 32", tier="all"),
     Candidate("edgeq int4-awq g64 head8", "edgeq", _edgeq("int4-awq", block_size=64, quantize_lm_head=True),
