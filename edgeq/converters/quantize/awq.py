@@ -6,9 +6,10 @@ Per block, on calibration activations captured through hooks:
    ``x/s @ Q(W*s)``; fold ``1/s`` into the predecessor and ``s`` into the weights (FP-equivalent).
 2. For every linear, search a shrink ratio of each block's range (1 down to 1 - max_shrink) minimising
    the block's output error on all calibration rows.
-3. ``rounding="gptq"`` (default): round with GPTQ on the scaled weights (``gptq.py``), each block's clip
-   searched as GPTQ reaches it, and run the block quantized to produce the next block's input;
-   ``"nearest"``: round to nearest and re-run the block FP (scaled), as the reference AWQ does.
+3. ``rounding="nearest"`` (default): round to nearest and re-run the block FP (scaled) to produce the
+   next block's input, as the reference AWQ does; ``"gptq"``: round with GPTQ on the scaled weights
+   (``gptq.py``), each block's clip searched as GPTQ reaches it, and run the block quantized instead.
+Blocks are asymmetric by default (``asymmetric``): both searches then run on the [min, max] grid.
 Errors are exact mean squared output errors computed through the input's Gram matrix, so every
 calibration token counts at a cost independent of their number.
 """

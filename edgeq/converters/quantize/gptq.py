@@ -1,8 +1,8 @@
 """GPTQ rounding (Frantar et al. 2023): quantize one input column at a time and spread its rounding error
 over the columns not yet quantized, weighted by the inverse Hessian ``(X^T X)^-1`` of the layer's inputs.
 
-The grid is unchanged (the same symmetric INT8 per-channel or INT4 per-block scales, the same QDQ file):
-only which integer each weight rounds to differs, chosen so that the layer's *output* on calibration
+The grid is the scheme's own (INT8 per-channel scales, INT4 per-block scales and offsets; the same QDQ
+file): only which integer each weight rounds to differs, chosen so that the layer's *output* on calibration
 inputs moves least. Group scales are fixed when the loop reaches a group's first column, from the columns
 as they are then (already carrying the error of earlier groups), as the reference implementation does.
 """

@@ -2,8 +2,8 @@
 
 Weights are ``[out, in]`` (torch Linear layout); the emitter transposes to ONNX's ``[in, out]``.
 Rounding is half-to-even (torch.round, like QuantizeLinear); FP8 saturates to ±448 (QuantizeLinear's
-default ``saturate=1``); grids are symmetric because TensorRT takes no zero points for INT4/FP8, except the
-asymmetric INT4 option, whose per-block offsets the emitter writes as a separate exact correction term.
+default ``saturate=1``). INT8/FP8 grids are symmetric (TensorRT takes no zero points); INT4 blocks are
+asymmetric by default, their per-block offsets written by the emitter as a separate exact correction term.
 """
 
 from __future__ import annotations

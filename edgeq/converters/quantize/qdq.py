@@ -137,7 +137,7 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
         node.input[1] = dq_out
         new_nodes.append(node)
         if plan.offset is not None:
-            new_nodes += _offset_correction(node, plan, base, path, block_sums, new_inits)
+            new_nodes += _offset_correction(node, plan, plan.offset, base, path, block_sums, new_inits)
         replaced.append(path)
 
     # a tied head read its weight through Transpose(embedding): drop that Transpose once nothing reads it;
@@ -164,8 +164,8 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
     return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced)), "float16": half}
 
 
-def _offset_correction(node: Any, plan: LinearPlan, base: str, path: str, block_sums: dict[tuple[str, int], str],
-                       new_inits: list[Any]) -> list[Any]:
+def _offset_correction(node: Any, plan: LinearPlan, offset: Any, base: str, path: str,
+                       block_sums: dict[tuple[str, int], str], new_inits: list[Any]) -> list[Any]:
     """Nodes adding asymmetric INT4's offsets to ``node``'s output (renamed): block sums of its input (made
     once per input and block size), times the [blocks, out] offsets, added back under the original name."""
     from onnx import helper, numpy_helper
@@ -182,8 +182,7 @@ def _offset_correction(node: Any, plan: LinearPlan, base: str, path: str, block_
             new_inits.append(numpy_helper.from_array(eye, ind))
         block_sums[key] = f"{base}_block_sums"
         nodes.append(helper.make_node("MatMul", [node.input[0], ind], [block_sums[key]], name=f"{prefix}/BlockSums_MatMul"))
-    assert plan.offset is not None
-    offsets = numpy_helper.from_array(plan.offset.T.contiguous().float().numpy(), f"{base}_woffset")  # [blocks, out]
+    offsets = numpy_helper.from_array(offset.T.contiguous().float().numpy(), f"{base}_woffset")  # [blocks, out]
     new_inits.append(offsets)
     y = node.output[0]
     node.output[0] = f"{base}_main"
