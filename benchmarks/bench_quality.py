@@ -33,8 +33,9 @@ def _edgeq_facts(family: str) -> dict:
 
 #: why asymmetric INT4 looks better on this SmolLM2 than it would on an FP-trained checkpoint (measured)
 Q4_1_NOTE = ("Caveat for INT4: the only offline SmolLM2 is a GGUF Q4_1 file (asymmetric 4-bit, blocks of 32) "
-             "dequantized to FP32, so asymmetric INT4 on blocks of 32 recovers its weights exactly (the "
-             "'edgeq int4-rtn g32' row, tier full: KL 0) and asymmetric blocks of 64/128 partly align with that grid. "
+             "dequantized to FP32, so asymmetric INT4 on blocks of 32 recovers its weights (the 'edgeq int4-rtn g32' "
+             "row: KL 0.0 in the torch simulation; what is left here is ONNX Runtime's int4 kernels quantizing "
+             "activations to int8) and asymmetric blocks of 64/128 partly align with that grid. "
              "That flatters every asymmetric INT4 row (edgeq's and the ORT peers') against the symmetric ones, and "
              "penalises GPTQ, whose error feedback moves weights off the grid. MiniLM (FP safetensors) has no such "
              "structure: compare INT4 methods there too.")

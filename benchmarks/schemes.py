@@ -103,8 +103,9 @@ ENCODER: tuple[Candidate, ...] = (
     Candidate("edgeq int4-awq g128 gptq", "edgeq", _edgeq("int4-awq", block_size=128, rounding="gptq"), "INT4 AWQ asymmetric + GPTQ rounding block 128"),
     Candidate("edgeq int4-awq g32 gptq", "edgeq", _edgeq("int4-awq", block_size=32, rounding="gptq", calib_tokens=32768),
               "INT4 AWQ asymmetric + GPTQ rounding, block 32, 32768 calibration tokens"),
-    Candidate("edgeq int8-sq mixed", "edgeq", _edgeq("int8", accuracy_budget="cosine>=0.995"),
-              "INT8 W8A8 SmoothQuant + mixed precision, budget cosine>=0.995 on held-out calibration text"),
+    Candidate("edgeq int8-sq mixed", "edgeq", _edgeq("int8", accuracy_budget="cosine>=0.997"),
+              "INT8 W8A8 SmoothQuant + mixed precision, budget cosine>=0.997 on held-out calibration text "
+              "(0.995 there gave 0.9938 on eval.txt: the held-out text is easier)"),
     Candidate("ORT dynamic int8", "peer", peers.ort_dynamic, "quantize_dynamic per-channel QInt8"),
     Candidate("optimum avx512_vnni (sentence-transformers int8)", "peer", peers.optimum_avx512_vnni,
               "ORTQuantizer AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)"),
