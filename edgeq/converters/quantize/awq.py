@@ -20,7 +20,7 @@ import torch
 
 from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, scale_predecessor
 from edgeq.converters.quantize.config import Int4AwqConfig
-from edgeq.converters.quantize.gptq import gram, int4_block_gptq
+from edgeq.converters.quantize.gptq import gram, int4_block_gptq, plan_block
 from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_dequant, int4_block_quant
 from edgeq.converters.quantize.registry import QuantContext, block_note, fit_block, int4_plan, register_quantizer, weight_only_plan
 from edgeq.converters.quantize.simulate import simulated
@@ -141,16 +141,9 @@ def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
                 inputs[m] = scaled
                 done_scale.add(m)
             groups_report.append({"group": members, "ratio": ratio, "duo": duo, "mse_gain": round(gain, 4)})
-        grams: dict[int, torch.Tensor] = {}
-        block_plans: dict[str, LinearPlan] = {}
-        for name, x_all in inputs.items():
-            if name not in ctx.linears:
-                continue
-            if id(x_all) not in grams:  # q/k/v (and gate/up) share one input tensor
-                grams[id(x_all)] = gram(x_all)
-            w = ctx.linears[name].weight.detach().float()
-            block_plans[name] = _plan(cfg, name, w, grams[id(x_all)], awq_scaled=name in done_scale)
-        del inputs, grams
+        block_plans = plan_block(inputs, ctx.linears,
+                                 lambda name, w, g: _plan(cfg, name, w, g, awq_scaled=name in done_scale))
+        del inputs
         if cfg.rounding == "gptq":
             # GPTQ's sequential order: the next block is calibrated on this one's quantized output
             with simulated(model, block_plans):

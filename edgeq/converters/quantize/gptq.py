@@ -119,22 +119,30 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return (x.T @ x) / x.shape[0]
 
 
-def sequential_plans(ctx: Any, plan_for: Callable[[str, torch.Tensor, torch.Tensor], LinearPlan]) -> dict[str, LinearPlan]:
-    """Plans for the linears inside the repeated blocks, one block at a time: ``plan_for(name, weight,
-    gram of its calibration inputs)``; the next block's inputs come from this block run *quantized*, so
-    later layers are calibrated on the errors of earlier ones (GPTQ's sequential order)."""
+PlanFn = Callable[[str, torch.Tensor, torch.Tensor], LinearPlan]
+
+
+def plan_block(inputs: dict[str, torch.Tensor], linears: dict[str, torch.nn.Linear], plan_for: PlanFn) -> dict[str, LinearPlan]:
+    """``plan_for(name, FP weight, Gram of its calibration inputs)`` for each linear of one block that
+    is to be quantized; linears reading one tensor (q/k/v, gate/up) share one Gram matrix."""
+    grams: dict[int, torch.Tensor] = {}
+    plans: dict[str, LinearPlan] = {}
+    for name, x in inputs.items():
+        if name not in linears:
+            continue
+        if id(x) not in grams:
+            grams[id(x)] = gram(x)
+        plans[name] = plan_for(name, linears[name].weight.detach().float(), grams[id(x)])
+    return plans
+
+
+def sequential_plans(ctx: Any, plan_for: PlanFn) -> dict[str, LinearPlan]:
+    """Plans for the linears inside the repeated blocks, one block at a time (``plan_block``); the next
+    block's inputs come from this block run *quantized*, so later layers are calibrated on the errors of
+    earlier ones (GPTQ's sequential order)."""
     plans: dict[str, LinearPlan] = {}
     for _i, _path, _block, collect, advance in iterate_blocks(ctx.loaded, ctx.calib.calib):
-        inputs = collect()
-        grams: dict[int, torch.Tensor] = {}
-        block_plans: dict[str, LinearPlan] = {}
-        for name, x in inputs.items():
-            if name not in ctx.linears:
-                continue
-            if id(x) not in grams:  # q/k/v (and gate/up) share one input tensor
-                grams[id(x)] = gram(x)
-            block_plans[name] = plan_for(name, ctx.linears[name].weight.detach().float(), grams[id(x)])
-        del inputs, grams
+        block_plans = plan_block(collect(), ctx.linears, plan_for)
         with simulated(ctx.loaded.model, block_plans):
             advance()
         plans.update(block_plans)
