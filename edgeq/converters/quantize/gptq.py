@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from edgeq.converters.quantize.calibrate import iterate_blocks
-from edgeq.converters.quantize.numerics import INT4_MAX, INT4_MIN, INT8_MAX, LinearPlan, int4_block_quant
+from edgeq.converters.quantize.numerics import INT4_MAX, INT4_MIN, INT8_MAX, LinearPlan, int4_block_quant, int8_channel_scale
 from edgeq.converters.quantize.simulate import simulated
 
 #: columns updated at once (the reference's "lazy batch"); must be a multiple of every group size used
@@ -93,7 +93,7 @@ def gptq_round(w: torch.Tensor, g: torch.Tensor, *, qmin: int, qmax: int, group:
 
 def int8_channel_gptq(w: torch.Tensor, g: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 per-output-channel codes and scales (the scales of plain max calibration)."""
-    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=1e-12)
+    scale = int8_channel_scale(w)
     codes, scales, _ = gptq_round(w, g, qmin=-INT8_MAX, qmax=INT8_MAX, group=w.shape[1],
                                   scale_for=lambda _cols, _c: (scale, None), damp=damp)
     return codes, scales

@@ -55,9 +55,14 @@ def int4_block_dequant(q: torch.Tensor, scale: torch.Tensor, block: int, offset:
     return wb.reshape(out_f, in_f)
 
 
+def int8_channel_scale(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric INT8 per-output-channel scales ``max|w| / 127`` ([out])."""
+    return (w.abs().amax(dim=1) / INT8_MAX).clamp(min=_EPS)
+
+
 def int8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 per output channel. Returns (q int8 [out,in], scale [out])."""
-    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=_EPS)
+    scale = int8_channel_scale(w)
     q = torch.round(w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX)
     return q.to(torch.int8), scale
 
