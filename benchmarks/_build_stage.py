@@ -45,7 +45,7 @@ def quantize(model: str, scheme: str, out: str, compute_dtype: str = "float16") 
 def edgeq_engine(onnx: str, target: str, precision: str, task: str, plan_out: str, engine_out: str) -> None:
     """edgeq's engine builder on an existing ONNX, with the plan edgeq derives from the target profile."""
     from edgeq.converters.build_plan import make_plan
-    from edgeq.sdk.trt.builder import build_engine
+    from edgeq.sdk.engine.builder import build_engine
     from edgeq.targets import get_profile
 
     info = json.loads((Path(onnx).parent / "edgeq_model.json").read_text())

@@ -45,7 +45,7 @@ def onnx_bundle(fp_dir: Path, q_dir: Path, out: Path, *, precision: str = "fp32"
     import tempfile
 
     from edgeq.converters.bundle import BundleContents, write_bundle
-    from edgeq.sdk.manifest import EngineInfo
+    from edgeq.sdk.bundle.manifest import EngineInfo
 
     info = json.loads((fp_dir / "edgeq_model.json").read_text())
     files: dict[str, tuple[Path, str]] = {}
@@ -74,10 +74,10 @@ def onnx_bundle(fp_dir: Path, q_dir: Path, out: Path, *, precision: str = "fp32"
 
 
 def open_runtime(bundle: Path, threads: int, *, monitor: bool) -> Any:
-    """``edgeq.sdk.runtime.Runtime`` on a bundle directory, ORT CPU with ``threads`` intra-op threads."""
-    from edgeq.sdk.backends import BackendOptions
-    from edgeq.sdk.monitor import MonitorConfig
-    from edgeq.sdk.runtime import Runtime
+    """``edgeq.sdk.runtime.runtime.Runtime`` on a bundle directory, ORT CPU with ``threads`` intra-op threads."""
+    from edgeq.sdk.runtime.backends import BackendOptions
+    from edgeq.sdk.health.monitor import MonitorConfig
+    from edgeq.sdk.runtime.runtime import Runtime
 
     return Runtime.open(bundle, backend=BackendOptions(intra_op_threads=threads),
                         monitor=MonitorConfig() if monitor else MonitorConfig(enabled=False))

@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Any
 
-from edgeq.sdk.monitor import MonitorConfig
-from edgeq.sdk.runtime import Runtime
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
 
 
 def print_event(event: dict[str, Any]) -> None:

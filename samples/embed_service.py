@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.sdk.monitor import MonitorConfig
-from edgeq.sdk.runtime import Runtime
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
 
 MAX_BODY = 1 << 20
 MAX_TEXTS = 256

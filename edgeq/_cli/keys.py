@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         overwrite: OverwriteOpt = False,
     ) -> None:
         """Generate an ed25519 signing key pair."""
-        from edgeq.sdk.signing import generate_keypair
+        from edgeq.converters.signing import generate_keypair
 
         kp = generate_keypair(out, name, overwrite=overwrite)
         console.print(f"private key: {kp.private_path} (keep secret)\npublic key:  {kp.public_path}\nkey id:      {kp.key_id}")
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         overwrite: OverwriteOpt = False,
     ) -> None:
         """Pack a bundle directory into one archive file for transport."""
-        from edgeq.sdk.archive import pack as pack_bundle
+        from edgeq.converters.pack import pack as pack_bundle
 
         console.print(f"packed → {pack_bundle(bundle, out, overwrite=overwrite)}")
 
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         """Add a bundle to a TUF repository (or --refresh its timestamp)."""
         from edgeq.converters import publish as pub
         from edgeq.errors import ConfigError
-        from edgeq.sdk.signing import TrustedKeys
+        from edgeq.sdk.bundle.signing import TrustedKeys
 
         if refresh:
             console.print(f"timestamp re-signed (version {pub.refresh(repo, keys_dir=keys)})")

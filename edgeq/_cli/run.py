@@ -17,9 +17,9 @@ Threads = Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op t
 
 
 def _open(store: Path, model: str | None, threads: int, monitor: bool):  # type: ignore[no-untyped-def]
-    from edgeq.sdk.backends import BackendOptions
-    from edgeq.sdk.monitor import MonitorConfig
-    from edgeq.sdk.runtime import Runtime
+    from edgeq.sdk.runtime.backends import BackendOptions
+    from edgeq.sdk.health.monitor import MonitorConfig
+    from edgeq.sdk.runtime.runtime import Runtime
 
     def show(ev: dict) -> None:  # type: ignore[type-arg]
         err_console.print(f"[yellow]health[/yellow] {ev['event']}: "

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from edgeq._cli.common import StoreOpt, console
 
+if TYPE_CHECKING:
+    from edgeq.sdk.store.store import Store
+
 TrustOpt = Annotated[list[Path] | None, typer.Option("--trust", help="trust this publisher public key (persisted in the store)")]
 
 
 def _store(store: Path, trust: list[Path] | None = None):  # type: ignore[no-untyped-def]
     """The store at ``store``, created when missing (install and pull start new stores)."""
-    from edgeq.sdk.store import Store
+    from edgeq.sdk.store.store import Store
 
     return Store(store, trusted_keys=trust or [])
 
@@ -23,7 +26,7 @@ def _store(store: Path, trust: list[Path] | None = None):  # type: ignore[no-unt
 def _existing_store(store: Path):  # type: ignore[no-untyped-def]
     """The store at ``store``; a missing one is an error (a typo must not create an empty store)."""
     from edgeq.errors import NotInstalledError
-    from edgeq.sdk.store import CONFIG_NAME, Store
+    from edgeq.sdk.store.store import CONFIG_NAME, Store
 
     if not (store / CONFIG_NAME).is_file():
         raise NotInstalledError(f"no device store at {store}", hint="check --store / EDGEQ_STORE")
@@ -47,8 +50,6 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(store: StoreOpt) -> None:
         """Active version, floor and kept versions of every model; the device probe."""
-        from edgeq.sdk.monitor import health_summary
-
         s = _existing_store(store)
 
         table = Table("model", "active", "kept", "floor", "bad", "precision", "target", "health")
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         trust: TrustOpt = None,
     ) -> None:
         """Update from a TUF repository and install the newest bundles through the store."""
-        from edgeq.sdk.update import pull as do_pull
+        from edgeq.sdk.store.update import pull as do_pull
 
         for r in do_pull(url, _store(store, trust), root=root, models=model, allow_downgrade=allow_downgrade):
             console.print(f"{r.model} v{r.version}: {r.action}")
@@ -116,3 +117,19 @@ def _health_cell(h: dict[str, object]) -> str:
     counts = {k: v for k, v in dict(h["counts"]).items() if v}  # type: ignore[call-overload]
     state = "[red]degraded[/red]" if h["degraded"] else "ok"
     return state + (" (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")" if counts else "")
+
+
+#: Events that describe health (install/activate events belong to the store's own view).
+HEALTH_EVENTS = ("breach", "fallback", "refused", "degraded")
+
+
+def health_summary(store: Store, model: str, *, last: int = 5) -> dict[str, Any]:
+    """Health of ``model`` as the store records it (for `edgeq status`): active version, bad versions
+    with reasons, counts per health event, and the last few health events (newest last)."""
+    active = store.active(model)
+    bad = {iv.version: iv.bad_reason for iv in store.versions(model) if iv.bad}
+    events = [e for e in store.events(model) if e.get("event") in HEALTH_EVENTS]
+    counts = {k: sum(1 for e in events if e.get("event") == k) for k in HEALTH_EVENTS}
+    degraded = bool(events) and events[-1].get("event") == "degraded"
+    return {"model": model, "active": active.version, "bad": bad, "degraded": degraded, "counts": counts,
+            "recent": events[-last:]}

@@ -163,9 +163,9 @@ def _bench_onnx_dir(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, floa
 
 
 def _bench_bundle(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, float], float]:
-    from edgeq.sdk.backends import BackendOptions
-    from edgeq.sdk.monitor import MonitorConfig
-    from edgeq.sdk.runtime import Runtime
+    from edgeq.sdk.runtime.backends import BackendOptions
+    from edgeq.sdk.health.monitor import MonitorConfig
+    from edgeq.sdk.runtime.runtime import Runtime
 
     with Runtime.open(d, backend=BackendOptions(intra_op_threads=cfg.threads), monitor=MonitorConfig(enabled=False)) as rt:
         task, backend = rt.task, rt.backend_name

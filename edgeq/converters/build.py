@@ -23,8 +23,8 @@ from edgeq.converters.build_plan import ENGINE_PATH, ONNX_PATH, PlannedShapes, f
 from edgeq.converters.build_report import BuildResult, Stages
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model
 from edgeq.errors import BackendUnavailableError
-from edgeq.sdk.trt.builder import BuiltEngine, build_engine, flavour_available, library_version
-from edgeq.sdk.trt.plan import BuildPlan
+from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
+from edgeq.sdk.bundle.plan import BuildPlan
 from edgeq.targets import TargetProfile, get_profile, profile_hash
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def build(
         check_output(Path(out), overwrite)
     profile.memory_budget_bytes(variant)  # an unknown --variant is refused now, not after the load
     if sign_key is not None:
-        from edgeq.sdk.signing import load_private_key
+        from edgeq.converters.signing import load_private_key
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not at the last step
     if profile.build_on == "host" and not flavour_available(profile.engine_flavour):
@@ -262,7 +262,7 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
             f"the bundle writer (edgeq.converters.bundle) is not available: {exc}",
             hint="edgeq build needs edgeq.converters.bundle; it has not landed in this tree",
         ) from exc
-    from edgeq.sdk.manifest import EngineInfo
+    from edgeq.sdk.bundle.manifest import EngineInfo
 
     engine = EngineInfo(
         flavour=profile.engine_flavour,
@@ -289,7 +289,7 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
         model_revision=loaded.revision,
         build=build_info,
     )
-    from edgeq.sdk.manifest import Manifest
+    from edgeq.sdk.bundle.manifest import Manifest
 
     return Manifest.load(write_bundle(contents, out, signing_key=sign_key, overwrite=overwrite))
 

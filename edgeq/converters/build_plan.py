@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.trt.plan import BuildPlan, InputShape, OptimizationProfile
+from edgeq.sdk.bundle.plan import BuildPlan, InputShape, OptimizationProfile
 from edgeq.targets import ShapeRange, TargetProfile, TaskShapes, profile_hash
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 from edgeq._fs import atomic_output_dir
 from edgeq._version import __version__
 from edgeq.errors import ConfigError
-from edgeq.sdk.manifest import (
+from edgeq.sdk.bundle.manifest import (
     FILE_ROLES,
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -28,7 +28,7 @@ from edgeq.sdk.manifest import (
     FileEntry,
     Manifest,
 )
-from edgeq.sdk.signing import load_private_key, sign
+from edgeq.converters.signing import load_private_key, sign
 
 _CHUNK = 1 << 20
 HEALTH_PATH = "health/health.json"

@@ -2,7 +2,7 @@
 
 Canary inputs come from the evaluation text (never the calibration text). The UNQUANTIZED ONNX gives
 the reference outputs; the quantized ONNX is scored against them with the same code the device
-monitor uses (``edgeq.sdk.canary``), and those scores are the baseline the 2 % rule is applied to.
+monitor uses (``edgeq.sdk.health.canary``), and those scores are the baseline the 2 % rule is applied to.
 Both run on ONNX Runtime CPU.
 
 What is stored (kept small): LMs — C canary sequences of L tokens and, at every position, the
@@ -22,12 +22,13 @@ import numpy as np
 from edgeq._fs import atomic_write_bytes, atomic_write_text
 from edgeq._version import __version__
 from edgeq.errors import ConfigError, ModelNotFoundError, ValidationError
-from edgeq.sdk.canary import lm_prefill_feeds, lm_topk_reference, run_canary
-from edgeq.sdk.dtypes import session_input_dtypes
-from edgeq.sdk.health import CANARIES_NPZ, HEALTH_JSON, TASK_METRICS, HealthSpec, Thresholds, npz_bytes
-from edgeq.sdk.model_info import FEATURE_EXTRACTION, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
-from edgeq.sdk.pooling import pool
-from edgeq.sdk.tokenizer import TOKENIZER_FILES, DeviceTokenizer
+from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
+from edgeq.sdk.health.canary import lm_topk_reference, run_canary
+from edgeq.sdk.bundle.graph_io import session_input_dtypes
+from edgeq.sdk.bundle.health import CANARIES_NPZ, HEALTH_JSON, TASK_METRICS, HealthSpec, Thresholds, npz_bytes
+from edgeq.sdk.bundle.model_info import FEATURE_EXTRACTION, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
+from edgeq.sdk.bundle.graph_io import pool
+from edgeq.sdk.runtime.tokenizer import TOKENIZER_FILES, DeviceTokenizer
 
 EVAL_TEXT = Path(__file__).parent / "data" / "eval.txt"
 

@@ -27,10 +27,12 @@ from typing import Any
 
 from edgeq._fs import atomic_write_bytes, fsync_dir
 from edgeq.errors import ConfigError, OutputError, UpdateError
-from edgeq.sdk.archive import ARCHIVE_SUFFIX, pack
-from edgeq.sdk.bundle import BundleSource, SignedManifest, verify_bundle
-from edgeq.sdk.manifest import sha256_file
-from edgeq.sdk.signing import TrustedKeys, generate_keypair, load_private_key
+from edgeq.converters.pack import pack
+from edgeq.converters.signing import generate_keypair, load_private_key
+from edgeq.sdk.bundle.archive import ARCHIVE_SUFFIX
+from edgeq.sdk.bundle.verify import BundleSource, SignedManifest, verify_bundle
+from edgeq.sdk.bundle.manifest import sha256_file
+from edgeq.sdk.bundle.signing import TrustedKeys
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 INDEX_TARGET = "index.json"

@@ -225,7 +225,7 @@ def _gguf_cache_dir(path: Path) -> Path:
     """Cache key: the GGUF file's SHA-256 and the transformers version that dequantized it."""
     import transformers
 
-    from edgeq.sdk.manifest import sha256_file
+    from edgeq.sdk.bundle.manifest import sha256_file
 
     key = f"{sha256_file(path)[:24]}-tf{transformers.__version__}"
     return cache_root() / "gguf" / key

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
-from edgeq.sdk.dtypes import past_dtype, session_input_dtypes
+from edgeq.sdk.bundle.graph_io import past_dtype, session_input_dtypes
 
 #: Tolerances each task states for an FP32 export: |onnx - torch| <= atol + rtol * max|torch| per output.
 TOLERANCES: dict[str, dict[str, float]] = {

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from edgeq.errors import EdgeqError
 
 if TYPE_CHECKING:
-    from edgeq.sdk.runtime import Runtime
-    from edgeq.sdk.store import Store
+    from edgeq.sdk.runtime.runtime import Runtime
+    from edgeq.sdk.store.store import Store
 
 #: public name -> submodule that defines it (loaded on first attribute access)
-_LAZY = {"Runtime": "edgeq.sdk.runtime", "Store": "edgeq.sdk.store"}
+_LAZY = {"Runtime": "edgeq.sdk.runtime.runtime", "Store": "edgeq.sdk.store.store"}
 
 __all__ = ["EdgeqError", "Runtime", "Store"]
 

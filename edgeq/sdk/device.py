@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from edgeq._version import __version__
 from edgeq.errors import ConfigError, IncompatibleBundleError
-from edgeq.sdk.manifest import EngineInfo, Manifest
+from edgeq.sdk.bundle.manifest import EngineInfo, Manifest
 
 #: Top-level import name of each engine flavour's Python bindings (looked up, never imported).
 FLAVOUR_MODULES: dict[str, str] = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt_rtx_bindings"}

@@ -27,9 +27,9 @@ from edgeq.errors import (
     UnknownTargetError,
     UnsupportedPrecisionError,
 )
-from edgeq.sdk.manifest import Manifest, sha256_file
-from edgeq.sdk.trt import builder
-from edgeq.sdk.trt.plan import BuildPlan
+from edgeq.sdk.bundle.manifest import Manifest, sha256_file
+from edgeq.sdk.engine import builder
+from edgeq.sdk.bundle.plan import BuildPlan
 from edgeq.targets import get_profile
 from edgeq.targets.registry import BUILTIN_DIR
 from tests.sdk.trt.graphs import qdq_matmul
@@ -50,7 +50,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def ada_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    from edgeq.sdk.signing import generate_keypair
+    from edgeq.converters.signing import generate_keypair
 
     root = tmp_path_factory.mktemp("ada")
     kp = generate_keypair(root / "keys")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.converters.build import build
-from edgeq.sdk.manifest import Manifest
+from edgeq.sdk.bundle.manifest import Manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 

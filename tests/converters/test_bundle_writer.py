@@ -8,9 +8,10 @@ import pytest
 
 from edgeq.converters.bundle import BundleContents, write_bundle
 from edgeq.errors import ConfigError, OutputExistsError, SignatureError
-from edgeq.sdk.bundle import verify_bundle
-from edgeq.sdk.manifest import EngineInfo, Manifest, sha256_file
-from edgeq.sdk.signing import TrustedKeys, generate_keypair, key_id, load_public_key
+from edgeq.sdk.bundle.verify import verify_bundle
+from edgeq.sdk.bundle.manifest import EngineInfo, Manifest, sha256_file
+from edgeq.converters.signing import generate_keypair
+from edgeq.sdk.bundle.signing import TrustedKeys, key_id, load_public_key
 
 
 @pytest.fixture

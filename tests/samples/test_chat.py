@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeq.sdk.store import Store
+from edgeq.sdk.store.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ import pytest
 
 def test_public_names_resolve() -> None:
     from edgeq.sdk import Runtime, Store
-    from edgeq.sdk.runtime import Runtime as R
-    from edgeq.sdk.store import Store as S
+    from edgeq.sdk.runtime.runtime import Runtime as R
+    from edgeq.sdk.store.store import Store as S
 
     assert Runtime is R and Store is S
 
@@ -24,6 +24,6 @@ def test_unknown_name() -> None:
 
 
 def test_bare_import_is_cheap() -> None:
-    code = "import sys, edgeq.sdk; print(sorted(m for m in ('onnxruntime', 'numpy', 'edgeq.sdk.runtime') if m in sys.modules))"
+    code = "import sys, edgeq.sdk; print(sorted(m for m in ('onnxruntime', 'numpy', 'edgeq.sdk.runtime.runtime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

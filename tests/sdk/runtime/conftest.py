@@ -28,7 +28,7 @@ def lm_bundles(tiny_llama_onnx: Path, tiny_q_dir: Path, tmp_path_factory: pytest
 @pytest.fixture()
 def lm_store(lm_bundles: dict[int, Path], tmp_path: Path) -> Path:
     """A store with v1 and v2 installed (v2 active)."""
-    from edgeq.sdk.store import Store
+    from edgeq.sdk.store.store import Store
 
     store = Store(tmp_path / "store", allow_unsigned=True)
     store.install(lm_bundles[1])

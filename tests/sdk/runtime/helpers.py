@@ -70,7 +70,7 @@ def make_bundle(fp_dir: Path, q_dir: Path, out: Path, *, name: str, version: int
     """A bundle of ``q_dir``'s ONNX with health data against ``fp_dir`` (ONNX run by ONNX Runtime)."""
     from edgeq.converters.bundle import BundleContents, write_bundle
     from edgeq.converters.health import build_health_data
-    from edgeq.sdk.manifest import EngineInfo
+    from edgeq.sdk.bundle.manifest import EngineInfo
 
     stage = out.parent / f".{out.name}-health"
     rels = build_health_data(task, fp_dir, q_dir, stage, threads=1)

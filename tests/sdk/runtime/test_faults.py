@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from edgeq.errors import DegradedError
-from edgeq.sdk.health import Thresholds
-from edgeq.sdk.monitor import MonitorConfig
-from edgeq.sdk.runtime import Runtime
-from edgeq.sdk.store import Store
+from edgeq.sdk.bundle.health import Thresholds
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.sdk.store.store import Store
 from tests.sdk.runtime.conftest import MODEL
 from tests.sdk.runtime.faults import nan_in_logits, noise_on_logits, swap_weights, wrap_outputs
 from tests.sdk.runtime.helpers import qdq_int8_weights
@@ -78,7 +78,7 @@ class Load:
 
 
 def _lm_feeds(rt: Runtime) -> dict[str, np.ndarray]:
-    from edgeq.sdk.canary import lm_prefill_feeds
+    from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
 
     h = rt._current
     return lm_prefill_feeds(np.array([h.tokenizer.encode("Guido remains Python's principal author")]),

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.generate import GenerationConfig, TextStream, sample
-from edgeq.sdk.runtime import Runtime
-from edgeq.sdk.monitor import MonitorConfig
+from edgeq.sdk.runtime.decode import GenerationConfig, TextStream, sample
+from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.sdk.health.monitor import MonitorConfig
 
 QUIET = MonitorConfig(enabled=False)
 
@@ -24,8 +24,8 @@ def rt(lm_bundles: dict[int, Path]) -> Runtime:
 
 def _no_cache_greedy(onnx: Path, prompt: list[int], n: int, info: object) -> list[int]:
     """Reference: re-run the whole sequence each step (no KV cache)."""
-    from edgeq.sdk.canary import lm_prefill_feeds
-    from edgeq.sdk.dtypes import session_input_dtypes
+    from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
+    from edgeq.sdk.bundle.graph_io import session_input_dtypes
 
     s = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     names = session_input_dtypes(s)
@@ -125,7 +125,7 @@ def test_bad_configs_are_refused(rt: Runtime) -> None:
 def test_device_chat_template_matches_transformers(tiny_llama_onnx: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edgeq.sdk.tokenizer import TOKENIZER_FILES, DeviceTokenizer
+    from edgeq.sdk.runtime.tokenizer import TOKENIZER_FILES, DeviceTokenizer
 
     hf = AutoTokenizer.from_pretrained(tiny_llama_onnx)
     dev = DeviceTokenizer({n: (tiny_llama_onnx / n).read_bytes() for n in TOKENIZER_FILES

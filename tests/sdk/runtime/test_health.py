@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgeq.errors import BundleError, ConfigError
-from edgeq.sdk.health import CANARIES_NPZ, HEALTH_JSON, HealthSpec, Thresholds
-from edgeq.sdk.dtypes import session_input_dtypes
+from edgeq.sdk.bundle.health import CANARIES_NPZ, HEALTH_JSON, HealthSpec, Thresholds
+from edgeq.sdk.bundle.graph_io import session_input_dtypes
 
 
 def _spec(**kw: object) -> HealthSpec:
@@ -65,8 +65,8 @@ def test_lm_health_data_is_small_and_reproduces_its_baseline(tiny_llama_onnx: Pa
     import onnxruntime as ort
 
     from edgeq.converters.health import build_health_data
-    from edgeq.sdk.canary import run_canary
-    from edgeq.sdk.model_info import ModelInfo
+    from edgeq.sdk.health.canary import run_canary
+    from edgeq.sdk.bundle.model_info import ModelInfo
 
     rels = build_health_data("text-generation", tiny_llama_onnx, tiny_q_dir, tmp_path, threads=1)
     assert rels == [(HEALTH_JSON, "health"), (CANARIES_NPZ, "health")]

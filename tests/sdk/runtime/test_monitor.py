@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.monitor import MonitorConfig, Monitor
+from edgeq.sdk.health.monitor import MonitorConfig, Monitor
 
 
 class Recorder:

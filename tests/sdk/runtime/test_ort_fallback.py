@@ -7,7 +7,7 @@ import types
 import onnxruntime as ort
 import pytest
 
-from edgeq.sdk.backends.ort import OrtCpuBackend
+from edgeq.sdk.runtime.backends.ort import OrtCpuBackend
 
 
 class InvalidGraph(Exception):  # the name ORT's pybind exception carries

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from edgeq.sdk.device import DeviceInfo
-from edgeq.sdk.store import Store
-from edgeq.sdk.trt import builder
-from edgeq.sdk.versions import StoreVersion
+from edgeq.sdk.store.store import Store
+from edgeq.sdk.engine import builder
+from edgeq.sdk.store.versions import StoreVersion
 
 pytest.importorskip("tensorrt_rtx_bindings")
 
@@ -37,7 +37,7 @@ def jetson_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_engine_built_from_plan_is_cached_and_reused(
     jetson_bundle: Path, tmp_path: Path, tensorrt_stand_in: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgeq.sdk.backends.trt import build_from_plan
+    from edgeq.sdk.runtime.backends.trt import build_from_plan
 
     orin = DeviceInfo(compute_capability="8.7", trt_versions={"tensorrt": "10.3.0"})
     store = Store(tmp_path / "store", allow_unsigned=True, device=orin)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.sdk.monitor import MonitorConfig
-from edgeq.sdk.runtime import Runtime
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
 from tests.sdk.runtime.helpers import make_bundle
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def smollm2_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_smollm2_chat_from_store(smollm2_onnx: Path, tmp_path: Path) -> None:
-    from edgeq.sdk.store import Store
+    from edgeq.sdk.store.store import Store
 
     bundle = make_bundle(smollm2_onnx, smollm2_onnx, tmp_path / "b", name="smollm2-135m", version=1,
                          task="text-generation")

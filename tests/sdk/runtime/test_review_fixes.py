@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from edgeq.errors import ConfigError, RuntimeErrorBase
-from edgeq.sdk.monitor import MonitorConfig
-from edgeq.sdk.runtime import Runtime
-from edgeq.sdk.store import Store
-from edgeq.sdk.versions import StoreCatalog
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.sdk.store.store import Store
+from edgeq.sdk.store.versions import StoreCatalog
 from tests.sdk.runtime.conftest import MODEL
 
 OFF = MonitorConfig(enabled=False)
@@ -20,7 +20,7 @@ OFF = MonitorConfig(enabled=False)
 
 def test_canary_runs_within_a_batch_one_profile(lm_store: Path) -> None:
     """An engine whose profile allows batch 1 only (RTX/Jetson allow 2; canaries have 4 rows) still passes."""
-    from edgeq.sdk.canary import run_canary
+    from edgeq.sdk.health.canary import run_canary
 
     with Runtime.open(lm_store, MODEL, monitor=OFF) as rt:
         h = rt._current

@@ -10,16 +10,17 @@ import onnxruntime as ort
 import pytest
 
 from edgeq.errors import ConfigError, NoBackendError
-from edgeq.sdk.backends import BACKENDS, BackendOptions, select_backend
-from edgeq.sdk.monitor import MonitorConfig, health_summary
-from edgeq.sdk.runtime import Runtime
-from edgeq.sdk.store import Store
+from edgeq.sdk.runtime.backends import BACKENDS, BackendOptions, select_backend
+from edgeq._cli.store import health_summary
+from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.sdk.store.store import Store
 from tests.sdk.runtime.conftest import MODEL
 from tests.sdk.runtime.helpers import make_bundle
 
 
 def test_infer_equals_raw_onnxruntime(lm_store: Path, tiny_q_dir: Path) -> None:
-    from edgeq.sdk.canary import lm_prefill_feeds
+    from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
 
     raw = ort.InferenceSession(str(tiny_q_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     with Runtime.open(lm_store, MODEL, monitor=MonitorConfig(enabled=False)) as rt:
@@ -87,7 +88,7 @@ def test_embed_matches_sentence_transformers_pooling(minilm_onnx: Path, tmp_path
 
 
 def test_backend_registry_order_and_choice(lm_bundles: dict[int, Path]) -> None:
-    from edgeq.sdk.versions import BundleDirVersion
+    from edgeq.sdk.store.versions import BundleDirVersion
 
     order = [c.name for c in sorted(BACKENDS.values(), key=lambda c: c.priority)]
     assert order == ["tensorrt", "tensorrt_rtx", "onnxruntime-gpu", "onnxruntime-cpu"]

@@ -11,8 +11,8 @@ import pytest
 
 from edgeq.converters.bundle import BundleContents, write_bundle
 from edgeq.sdk.device import DeviceInfo
-from edgeq.sdk.manifest import EngineInfo
-from edgeq.sdk.signing import KeyPair, generate_keypair
+from edgeq.sdk.bundle.manifest import EngineInfo
+from edgeq.converters.signing import KeyPair, generate_keypair
 
 ADA = DeviceInfo("8.9", {"tensorrt_rtx": "1.7.1.116"}, gpu_name="fake RTX 4090")
 CPU = DeviceInfo(None, {})

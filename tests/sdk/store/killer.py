@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from edgeq.sdk.device import DeviceInfo
-from edgeq.sdk.store import Store
+from edgeq.sdk.store.store import Store
 
 DEVICE = DeviceInfo("8.9", {"tensorrt_rtx": "1.7.1.116"})
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import BundleError, UnsafeArchiveError
-from edgeq.sdk.archive import ArchiveLimits, BundleArchive
-from edgeq.sdk.store import Store
+from edgeq.sdk.bundle.archive import ArchiveLimits, BundleArchive
+from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA, ENGINE, tree_snapshot
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeq.sdk.store import Store
+from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA
 
 KILLS = 100  # installers killed mid-install (the driver runs until it has this many)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import BundleError
-from edgeq.sdk.archive import pack
-from edgeq.sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from edgeq.sdk.store import Store
+from edgeq.converters.pack import pack
+from edgeq.sdk.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA, ENGINE, tree_snapshot
 
 
@@ -145,8 +145,9 @@ def _symlink_engine(d: Path) -> None:
 
 
 def _resign(d: Path, key: Path) -> None:
-    from edgeq.sdk.bundle import load_signed_manifest
-    from edgeq.sdk.signing import TrustedKeys, sign
+    from edgeq.sdk.bundle.verify import load_signed_manifest
+    from edgeq.converters.signing import sign
+    from edgeq.sdk.bundle.signing import TrustedKeys
 
     m = load_signed_manifest((d / MANIFEST_NAME).read_bytes(), None, TrustedKeys(), allow_unsigned=True).manifest
     (d / SIGNATURE_NAME).write_bytes(sign(m.canonical_bytes(), key))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import UpdateError
-from edgeq.sdk.store import Store
+from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA
 
 

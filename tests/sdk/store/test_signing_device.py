@@ -12,8 +12,9 @@ import pytest
 
 from edgeq.errors import ConfigError, IncompatibleBundleError, SignatureError
 from edgeq.sdk.device import DeviceInfo, check_engine, normalize_cc, same_trt_version
-from edgeq.sdk.manifest import EngineInfo
-from edgeq.sdk.signing import TrustedKeys, generate_keypair, key_id, load_public_key, raw_public_bytes, sign, verify
+from edgeq.sdk.bundle.manifest import EngineInfo
+from edgeq.converters.signing import generate_keypair, sign
+from edgeq.sdk.bundle.signing import TrustedKeys, key_id, load_public_key, raw_public_bytes, verify
 
 
 def test_keypair_files_and_key_id(tmp_path):

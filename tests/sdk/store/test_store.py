@@ -19,8 +19,8 @@ from edgeq.errors import (
     StoreError,
     StoreLockedError,
 )
-from edgeq.sdk.archive import pack
-from edgeq.sdk.store import Store
+from edgeq.converters.pack import pack
+from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA, CPU, ENGINE, ONNX, tree_snapshot
 
 
@@ -155,7 +155,7 @@ def test_real_tiny_llama_onnx_round_trips(tmp_path, keypair, tiny_llama_onnx):
     import onnx
 
     from edgeq.converters.bundle import BundleContents, write_bundle
-    from edgeq.sdk.manifest import EngineInfo
+    from edgeq.sdk.bundle.manifest import EngineInfo
 
     files = {}
     for p in sorted(Path(tiny_llama_onnx).iterdir()):

@@ -14,8 +14,8 @@ import pytest
 
 from edgeq.converters.publish import TufExpiry, publish, refresh
 from edgeq.errors import UpdateError
-from edgeq.sdk.store import Store
-from edgeq.sdk.update import pull
+from edgeq.sdk.store.store import Store
+from edgeq.sdk.store.update import pull
 from tests.sdk.store.conftest import ADA
 
 SERVER_LIFETIME_S = 90  # the server stops by itself even if a test hangs

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import BackendUnavailableError, ConfigError, EngineBuildError, OnnxParseError
-from edgeq.sdk.trt import builder
-from edgeq.sdk.trt.builder import build_engine, flavour_available
-from edgeq.sdk.trt.plan import BuildPlan, InputShape, OptimizationProfile
+from edgeq.sdk.engine import builder
+from edgeq.sdk.engine.builder import build_engine, flavour_available
+from edgeq.sdk.bundle.plan import BuildPlan, InputShape, OptimizationProfile
 from tests.sdk.trt.graphs import K, qdq_matmul
 
 pytestmark = pytest.mark.skipif(not flavour_available("tensorrt_rtx"), reason="tensorrt_rtx_bindings not installed")
@@ -104,7 +104,7 @@ def test_missing_library_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_builder_module_imports_no_torch_and_no_tensorrt() -> None:
-    code = ("import sys, edgeq.sdk.trt.builder, edgeq.sdk.trt.plan; "
+    code = ("import sys, edgeq.sdk.engine.builder, edgeq.sdk.bundle.plan; "
             "print([m for m in ('torch','transformers','optimum','onnx','tensorrt_rtx_bindings','edgeq.converters') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

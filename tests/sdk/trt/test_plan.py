@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.trt.plan import BuildPlan, InputShape, OptimizationProfile
+from edgeq.sdk.bundle.plan import BuildPlan, InputShape, OptimizationProfile
 
 PROFILE = OptimizationProfile((
     InputShape("input_ids", (1, 1), (1, 128), (4, 2048)),

@@ -37,7 +37,7 @@ from edgeq.errors import (
     NotInstalledError,
     StoreError,
 )
-from edgeq.sdk._store_state import (
+from edgeq.sdk.store._state import (
     ModelState,
     StoreLock,
     append_event,
@@ -46,11 +46,11 @@ from edgeq.sdk._store_state import (
     read_state,
     write_state,
 )
-from edgeq.sdk.archive import ArchiveLimits
-from edgeq.sdk.bundle import BundleSource, check_file, load_signed_manifest, open_regular, verify_files
+from edgeq.sdk.bundle.archive import ArchiveLimits
+from edgeq.sdk.bundle.verify import BundleSource, check_file, load_signed_manifest, open_regular, verify_files
 from edgeq.sdk.device import DeviceInfo, check_compatible, probe
-from edgeq.sdk.manifest import MANIFEST_NAME, Manifest, sha256_bytes
-from edgeq.sdk.signing import KeySource, TrustedKeys, key_id, load_public_key, public_key_pem
+from edgeq.sdk.bundle.manifest import MANIFEST_NAME, Manifest, sha256_bytes
+from edgeq.sdk.bundle.signing import KeySource, TrustedKeys, key_id, load_public_key, public_key_pem
 
 CONFIG_NAME = "store.json"
 CONFIG_SCHEMA = 1

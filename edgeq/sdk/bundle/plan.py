@@ -1,7 +1,7 @@
 """The engine build plan: every builder setting, as versioned JSON, plus the equivalent CLI command.
 
 A plan is written into bundles for targets whose engine is built on the device (Jetson, H100), so
-that the runtime builds exactly what the host planned, with the same ``edgeq.sdk.trt.builder`` code.
+that the runtime builds exactly what the host planned, with the same ``edgeq.sdk.engine.builder`` code.
 Standard library only: this runs on devices.
 """
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.health import Thresholds
+from edgeq.sdk.bundle.health import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -229,19 +229,3 @@ class Monitor:
             except Exception:  # the monitor must outlive any one failed check
                 log.exception("canary check failed unexpectedly")
             self._not_before = time.monotonic() + (time.monotonic() - t0) / self.cfg.max_overhead
-
-
-#: Events that describe health (install/activate events belong to the store's own view).
-HEALTH_EVENTS = ("breach", "fallback", "refused", "degraded")
-
-
-def health_summary(store: Any, model: str, *, last: int = 5) -> dict[str, Any]:
-    """Health of ``model`` as the store records it (for `edgeq status`): active version, bad versions
-    with reasons, counts per health event, and the last few health events (newest last)."""
-    active = store.active(model)
-    bad = {iv.version: iv.bad_reason for iv in store.versions(model) if iv.bad}
-    events = [e for e in store.events(model) if e.get("event") in HEALTH_EVENTS]
-    counts = {k: sum(1 for e in events if e.get("event") == k) for k in HEALTH_EVENTS}
-    degraded = bool(events) and events[-1].get("event") == "degraded"
-    return {"model": model, "active": active.version, "bad": bad, "degraded": degraded, "counts": counts,
-            "recent": events[-last:]}

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeq.errors import BundleError
-from edgeq.sdk.backends.base import Backend, BackendOptions, register_backend
-from edgeq.sdk.dtypes import session_input_dtypes
-from edgeq.sdk.manifest import EngineInfo
+from edgeq.sdk.runtime.backends.base import Backend, BackendOptions, register_backend
+from edgeq.sdk.bundle.graph_io import session_input_dtypes
+from edgeq.sdk.bundle.manifest import EngineInfo
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeq.errors import BundleError, ConfigError, NoBackendError, RuntimeErrorBase
-from edgeq.sdk.manifest import EngineInfo
+from edgeq.sdk.bundle.manifest import EngineInfo
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import BackendUnavailableError, ConfigError, EngineBuildError, OnnxParseError
-from edgeq.sdk.trt.plan import BuildPlan
+from edgeq.sdk.bundle.plan import BuildPlan
 
 log = logging.getLogger(__name__)
 

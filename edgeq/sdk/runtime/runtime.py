@@ -1,7 +1,7 @@
 """The device runtime: ``Runtime.open(store, model)`` then ``generate`` / ``embed`` / ``infer``.
 
 The runtime serves the store's active version through the best backend on this machine and keeps
-serving when that version goes bad: the monitor (``edgeq.sdk.monitor``) runs canaries against the
+serving when that version goes bad: the monitor (``edgeq.sdk.health.monitor``) runs canaries against the
 unquantized reference; on a breach the runtime marks the version bad, loads the previous usable one,
 and swaps it in atomically for new requests while requests already running finish on the old one.
 No usable previous version → keep serving the current one and report ``degraded``.
@@ -32,17 +32,17 @@ from edgeq.errors import (
     NotInstalledError,
     RuntimeErrorBase,
 )
-from edgeq.sdk.backends import BackendOptions
-from edgeq.sdk.canary import drift, run_canary
-from edgeq.sdk.generate import GenerationConfig
-from edgeq.sdk.serving import Generation
-from edgeq.sdk.health import Verdict
-from edgeq.sdk.loader import Handle, load_version
-from edgeq.sdk.metrics import RuntimeMetrics
-from edgeq.sdk.model_info import FEATURE_EXTRACTION, TEXT_GENERATION
-from edgeq.sdk.monitor import Monitor, MonitorConfig
-from edgeq.sdk.pooling import pool
-from edgeq.sdk.versions import BundleDirCatalog, StoreCatalog, VersionCatalog, now_iso
+from edgeq.sdk.runtime.backends import BackendOptions
+from edgeq.sdk.health.canary import drift, run_canary
+from edgeq.sdk.runtime.decode import GenerationConfig
+from edgeq.sdk.runtime.generation import Generation
+from edgeq.sdk.bundle.health import Verdict
+from edgeq.sdk.runtime.loader import Handle, load_version
+from edgeq.sdk.health.metrics import RuntimeMetrics
+from edgeq.sdk.bundle.model_info import FEATURE_EXTRACTION, TEXT_GENERATION
+from edgeq.sdk.health.monitor import Monitor, MonitorConfig
+from edgeq.sdk.bundle.graph_io import pool
+from edgeq.sdk.store.versions import BundleDirCatalog, StoreCatalog, VersionCatalog, now_iso
 
 log = logging.getLogger(__name__)
 EventCallback = Callable[[dict[str, Any]], None]
@@ -106,7 +106,7 @@ class Runtime:
                 raise ConfigError("model_name is required when opening a store")
             if not root.is_dir():  # the Store would create an empty store here; a typo should not
                 raise NotInstalledError(f"no device store at {root}", hint="check --store / EDGEQ_STORE")
-            from edgeq.sdk.store import Store
+            from edgeq.sdk.store.store import Store
 
             catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys), model_name)
         return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port)
@@ -404,7 +404,8 @@ class Runtime:
         prompts = list(prompt) if is_batch else [prompt]
         if stream and is_batch:
             raise ConfigError("stream=True takes one prompt; call generate once per prompt to stream several")
-        gen = Generation(self, prompts, cfg)
+        gen = Generation(self.model, prompts, cfg, acquire=self._acquire, release=self._release,
+                         metrics=self.metrics, monitor=self.monitor)
         if stream:
             return gen
         for _ in gen:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeq.sdk.model_info import FEATURE_EXTRACTION, GENERIC, TEXT_GENERATION, ModelInfo
-from edgeq.sdk.pooling import pool
+from edgeq.sdk.bundle.model_info import FEATURE_EXTRACTION, GENERIC, TEXT_GENERATION, ModelInfo
+from edgeq.sdk.bundle.graph_io import Feeds, lm_prefill_feeds, pool
 
-Feeds = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -95,23 +94,6 @@ def entropy(logits: np.ndarray) -> np.ndarray:
     """Entropy (nats) of softmax(logits) along the last axis."""
     lp = log_softmax(logits)
     return -(np.exp(lp) * lp).sum(axis=-1)
-
-
-def empty_past(inputs: Mapping[str, np.dtype], batch: int, info: ModelInfo) -> Feeds:
-    """Zero-length KV-cache feeds, in the graph's dtype, for every ``past_key_values.*`` input."""
-    shape = (batch, info.num_key_value_heads, 0, info.head_dim)
-    return {n: np.zeros(shape, dt) for n, dt in inputs.items() if n.startswith("past_key_values.")}
-
-
-def lm_prefill_feeds(ids: np.ndarray, inputs: Mapping[str, np.dtype], info: ModelInfo) -> Feeds:
-    b, n = ids.shape
-    feeds: Feeds = {"input_ids": ids.astype(np.int64)}
-    if "attention_mask" in inputs:
-        feeds["attention_mask"] = np.ones((b, n), np.int64)
-    if "position_ids" in inputs:
-        feeds["position_ids"] = np.tile(np.arange(n, dtype=np.int64), (b, 1))
-    feeds.update(empty_past(inputs, b, info))
-    return feeds
 
 
 def lm_topk_reference(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeq.errors import BundleError
-from edgeq.sdk.backends import Backend, BackendOptions, select_backend
-from edgeq.sdk.generate import LmStepper
-from edgeq.sdk.health import CANARIES_NPZ, HEALTH_JSON, HealthSpec, Thresholds
-from edgeq.sdk.model_info import GENERIC, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
-from edgeq.sdk.tokenizer import TOKENIZER_FILES, DeviceTokenizer
+from edgeq.sdk.runtime.backends import Backend, BackendOptions, select_backend
+from edgeq.sdk.runtime.decode import LmStepper
+from edgeq.sdk.bundle.health import CANARIES_NPZ, HEALTH_JSON, HealthSpec, Thresholds
+from edgeq.sdk.bundle.model_info import GENERIC, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
+from edgeq.sdk.runtime.tokenizer import TOKENIZER_FILES, DeviceTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import BundleError, ConfigError
-from edgeq.sdk.model_info import TASKS
+from edgeq.sdk.bundle.model_info import TASKS
 
 HEALTH_SCHEMA_VERSION = 1
 HEALTH_JSON = "health/health.json"
 CANARIES_NPZ = "health/canaries.npz"
 
-#: Quality metrics each task's canary produces (see edgeq.sdk.canary for their definitions).
+#: Quality metrics each task's canary produces (see edgeq.sdk.health.canary for their definitions).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "text-generation": ("top1", "kl_quality"),
     "feature-extraction": ("cosine",),

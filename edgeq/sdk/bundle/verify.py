@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.errors import BundleError, IntegrityError, SignatureError
-from edgeq.sdk.archive import ArchiveLimits, BundleArchive
-from edgeq.sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, canonical_json, parse_manifest_json
-from edgeq.sdk.signing import TrustedKeys, verify
+from edgeq.sdk.bundle.archive import ArchiveLimits, BundleArchive
+from edgeq.sdk.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, canonical_json, parse_manifest_json
+from edgeq.sdk.bundle.signing import TrustedKeys, verify
 
 _CHUNK = 1 << 20
 #: Files a bundle directory may hold besides the ones its manifest lists.

@@ -13,7 +13,7 @@ Bundle layout (paths relative to the bundle root)::
     engine/<name>.engine    serialized TensorRT / TensorRT-RTX engine, when one was built
     plan/build_plan.json    builder settings for an on-device build (Jetson/H100), + plan/trtexec.txt
     tokenizer/...           tokenizer.json, tokenizer_config.json, config.json, generation_config.json, ...
-    health/health.json      the monitor's spec (see edgeq.sdk.health), + health/canaries.npz
+    health/health.json      the monitor's spec (see edgeq.sdk.bundle.health), + health/canaries.npz
 """
 
 from __future__ import annotations

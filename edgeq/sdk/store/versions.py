@@ -1,7 +1,7 @@
 """The runtime's view of installed model versions: verified file access plus fallback bookkeeping.
 
 Two catalogues implement one small interface. ``StoreCatalog`` wraps the device store
-(``edgeq.sdk.store.Store``): every byte is read through ``read_verified``/``verified_path``, so a
+(``edgeq.sdk.store.store.Store``): every byte is read through ``read_verified``/``verified_path``, so a
 file whose SHA-256 no longer matches the manifest is refused. ``BundleDirCatalog`` serves one
 bundle directory without installing it (development, tests, `edgeq run` on a bundle): it checks
 each file's hash itself and has no previous version to fall back to.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgeq.errors import BundleError, IntegrityError, NotInstalledError
-from edgeq.sdk.manifest import MANIFEST_NAME, Manifest, sha256_bytes, sha256_file
+from edgeq.sdk.bundle.manifest import MANIFEST_NAME, Manifest, sha256_bytes, sha256_file
 
 
 def now_iso() -> str:
@@ -76,7 +76,7 @@ class StoreVersion:
 
 
 class StoreCatalog:
-    """``VersionCatalog`` over ``edgeq.sdk.store.Store`` (the contract in issue 6)."""
+    """``VersionCatalog`` over ``edgeq.sdk.store.store.Store`` (the contract in issue 6)."""
 
     def __init__(self, store: Any, model: str) -> None:
         self.store, self.model = store, model

@@ -2,7 +2,7 @@
 
 The engine bytes come only through the store (read once, hashed, deserialized from memory). Where a
 bundle carries a build plan instead of an engine (Jetson/H100), the engine is built on first start
-with ``edgeq.sdk.trt.builder`` and cached through the version's cache hook when the store offers one.
+with ``edgeq.sdk.engine.builder`` and cached through the version's cache hook when the store offers one.
 I/O uses named tensors, device buffers and one stream (``execute_async_v3``).
 
 NOT RUN on the build machine (no GPU): written against the shared TensorRT Python API and kept small.
@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeq.errors import BackendUnavailableError, EdgeqError, RuntimeErrorBase
-from edgeq.sdk.backends.base import Backend, BackendOptions, register_backend
-from edgeq.sdk.manifest import EngineInfo
+from edgeq.sdk.runtime.backends.base import Backend, BackendOptions, register_backend
+from edgeq.sdk.bundle.manifest import EngineInfo
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class _TrtBackend(Backend):
         return build_from_plan(version, engine)
 
     def _open(self, version: Any, engine: EngineInfo, options: BackendOptions) -> None:
-        from edgeq.sdk.backends.cudart import Stream
+        from edgeq.sdk.runtime.backends.cudart import Stream
 
         trt = importlib.import_module(self.module)
         data = self._engine_bytes(version, engine)
@@ -78,7 +78,7 @@ class _TrtBackend(Backend):
         self.output_names = [n for n in names if not is_input[n]]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self.input_dtypes = {n: self._dtypes[n] for n in self.input_names}
-        from edgeq.sdk.backends.cudart import DeviceBuffer
+        from edgeq.sdk.runtime.backends.cudart import DeviceBuffer
 
         self._buffers = {n: DeviceBuffer() for n in names}
         self._infer_lock = threading.Lock()
@@ -127,8 +127,8 @@ class _TrtBackend(Backend):
 
 def build_from_plan(version: Any, engine: EngineInfo) -> bytes:
     """Build the engine on this device from the bundle's plan; cache it with the version when possible."""
-    from edgeq.sdk.trt.builder import build_engine
-    from edgeq.sdk.trt.plan import BuildPlan
+    from edgeq.sdk.engine.builder import build_engine
+    from edgeq.sdk.bundle.plan import BuildPlan
 
     if engine.plan is None or engine.onnx is None:
         raise BackendUnavailableError(f"{version.model} v{version.version}: no engine and no plan+onnx to build one")

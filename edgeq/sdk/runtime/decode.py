@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.dtypes import past_dtype
-from edgeq.sdk.model_info import ModelInfo
+from edgeq.sdk.bundle.graph_io import past_dtype
+from edgeq.sdk.bundle.model_info import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -6,26 +6,29 @@ happens meanwhile lets this generation finish on the version it started on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.canary import entropy
-from edgeq.sdk.generate import GenerationConfig, GenerationResult, TextStream, generate_ids
-from edgeq.sdk.model_info import TEXT_GENERATION
-from edgeq.sdk.monitor import Monitor
-
-if TYPE_CHECKING:
-    from edgeq.sdk.runtime import Runtime
+from edgeq.sdk.health.canary import entropy
+from edgeq.sdk.runtime.decode import GenerationConfig, GenerationResult, TextStream, generate_ids
+from edgeq.sdk.bundle.model_info import TEXT_GENERATION
+from edgeq.sdk.health.metrics import RuntimeMetrics
+from edgeq.sdk.health.monitor import Monitor
+from edgeq.sdk.runtime.loader import Handle
 
 
 class Generation:
     """One generate() call: iterating yields text deltas (row 0); ``results`` is filled at the end."""
 
-    def __init__(self, rt: Runtime, prompts: list[Any], cfg: GenerationConfig) -> None:
-        self.rt, self.prompts, self.cfg = rt, prompts, cfg
+    def __init__(self, model: str, prompts: list[Any], cfg: GenerationConfig, *,
+                 acquire: Callable[[], Handle], release: Callable[[Handle], None],
+                 metrics: RuntimeMetrics, monitor: Monitor) -> None:
+        self.model, self.prompts, self.cfg = model, prompts, cfg
+        self._acquire, self._release, self._metrics, self._monitor = acquire, release, metrics, monitor
+        self._started = False
         self.results: list[GenerationResult] = []
 
     @property
@@ -33,12 +36,18 @@ class Generation:
         return self.results[0] if self.results else None
 
     def __iter__(self) -> Iterator[str]:
-        rt, cfg = self.rt, self.cfg
-        h = rt._acquire()
+        if self._started:  # a second pass would run the model again and append a second set of results
+            raise ConfigError("this generation has already run; call generate() again for a new one")
+        self._started = True
+        return self._run()
+
+    def _run(self) -> Iterator[str]:
+        cfg = self.cfg
+        h = self._acquire()
         t_start = time.perf_counter()
         try:
             if h.info.task != TEXT_GENERATION or h.stepper is None or h.tokenizer is None:
-                raise ConfigError(f"{rt.model} is a {h.info.task} model; generate() needs a text-generation bundle")
+                raise ConfigError(f"{self.model} is a {h.info.task} model; generate() needs a text-generation bundle")
             tok = h.tokenizer
             ids = [tok.encode(p) if isinstance(p, str) else tok.encode_chat(p) for p in self.prompts]
             rows = len(ids)
@@ -46,7 +55,7 @@ class Generation:
             done = np.zeros(rows, bool)
             reasons = ["length"] * rows
             prefill = decode = 0.0
-            mon = rt.monitor
+            mon = self._monitor
             first = True
             for tokens, dt in generate_ids(h.stepper, ids, cfg, pad_id=h.pad_id, done=done,
                                            on_logits=lambda lg: _lm_stats(mon, lg)):
@@ -71,10 +80,10 @@ class Generation:
         except GeneratorExit:
             raise
         except Exception:
-            rt.metrics.errors["generate"].inc()
+            self._metrics.errors["generate"].inc()
             raise
         finally:
-            rt._release(h)
+            self._release(h)
         total = time.perf_counter() - t_start
         n_tokens = 0
         for r in range(rows):
@@ -83,12 +92,12 @@ class Generation:
             self.results.append(GenerationResult(
                 text=s.text, token_ids=list(s.ids), finish_reason=reasons[r], prompt_tokens=len(ids[r]),
                 prefill_s=prefill, decode_s=decode, version=h.version))
-        m = rt.metrics
+        m = self._metrics
         m.latency["generate"].add(total)
         m.tokens.inc(n_tokens)
         if decode > 0:
             m.tokens_per_s.set(self.results[0].decode_tokens_per_s)
-        rt.monitor.on_request(total)
+        self._monitor.on_request(total)
 
 
 def _lm_stats(mon: Monitor, logits: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgeq._fs import atomic_write_bytes
 from edgeq.errors import ConfigError, UpdateError
-from edgeq.sdk.store import Store
+from edgeq.sdk.store.store import Store
 
 INDEX_TARGET = "index.json"
 #: index.json is tiny; anything larger is refused before it is parsed.

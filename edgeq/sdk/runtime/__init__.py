@@ -1,0 +1,1 @@
+"""Serving: ``Runtime`` over a version catalog, generation, tokenizer and the execution backends."""
