@@ -79,3 +79,103 @@ def test_importing_every_sdk_module_loads_no_host_toolchain() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"edgeq.sdk pulled in: {proc.stdout.strip()}"
+
+
+#: edgeq.sdk's subpackages, bottom to top: each may import only those before it (and edgeq.sdk.device).
+#: The bundle format is in the middle (python-tuf's api/): the store, health and engine read it, the runtime
+#: uses them all, and none of them imports the runtime.
+SDK_ORDER = ("bundle", "health", "engine", "store", "runtime", "serve")
+SDK_FORBIDDEN: dict[str, tuple[str, ...]] = {
+    pkg: tuple(f"edgeq.sdk.{above}" for above in SDK_ORDER[i + 1:])
+    + (("edgeq.sdk.health", "edgeq.sdk.engine") if pkg == "store" else ())
+    for i, pkg in enumerate(SDK_ORDER)
+}
+
+
+@pytest.mark.parametrize("package", SDK_ORDER)
+def test_sdk_subpackages_import_downwards_only(package: str) -> None:
+    files = sorted((ROOT / "sdk" / package).rglob("*.py"))
+    if package == "serve" and not files:
+        pytest.skip("edgeq.sdk.serve is not in this tree")
+    assert files, f"edgeq/sdk/{package} has no modules"
+    assert _violations(files, SDK_FORBIDDEN[package]) == []
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> edgeq modules it imports, lazily or not, TYPE_CHECKING blocks included: a cycle is a cycle."""
+    files = {_module_name(f): f for f in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            graph[mod] |= {t for t in targets if t in files and t != mod}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_import_graph()) == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_LINES = 500
+
+
+def test_no_file_over_500_lines() -> None:
+    top = ROOT.parent
+    files = [f for d in ("edgeq", "benchmarks", "tests") for f in (top / d).rglob("*.py")]
+    long = {str(f.relative_to(top)): n for f in files if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
