@@ -199,8 +199,3 @@ def parse_manifest_json(raw: bytes) -> dict[str, Any]:
 
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def file_entry(root: Path, rel: str, role: str) -> FileEntry:
-    p = root / rel
-    return FileEntry(path=rel, size=p.stat().st_size, sha256=sha256_file(p), role=role)
