@@ -11,7 +11,7 @@ Bundle layout (paths relative to the bundle root)::
     manifest.sig            ed25519 signature (JSON: key_id, signature hex) over canonical manifest bytes
     model/model.onnx        the QDQ ONNX (+ model/model.onnx.data external data when large)
     engine/<name>.engine    serialized TensorRT / TensorRT-RTX engine, when one was built
-    plan/build_plan.json    builder settings for an on-device build (Jetson/H100), + plan/trtexec.txt
+    plan/build_plan.json    builder settings for an on-device build (build_on = "device"), + plan/trtexec.txt
     tokenizer/...           tokenizer.json, tokenizer_config.json, config.json, generation_config.json, ...
     health/health.json      the monitor's spec (see edgeq.sdk.bundle.health), + health/canaries.npz
 """
