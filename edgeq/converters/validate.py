@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.converters.evaluate import session as cpu_session
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
 from edgeq.sdk.bundle import graph_io
 from edgeq.sdk.bundle.graph_io import PAST_PREFIX, past_names, session_input_dtypes
@@ -96,13 +97,9 @@ def compare(report: ValidationReport, case: str, name: str, ref: np.ndarray, got
 
 
 def validate_export(loaded: LoadedModel, onnx_path: Path, *, num_threads: int = 0) -> ValidationReport:
-    import onnxruntime as ort
-
     tol = TOLERANCES[loaded.task]
     report = ValidationReport(task=loaded.task, atol=tol["atol"], rtol=tol["rtol"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = num_threads
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path, num_threads)
     if loaded.task == TEXT_GENERATION:
         _validate_lm(loaded, session, report)
     else:
