@@ -12,7 +12,6 @@ ONNX Runtime CPU here), or a raw ONNX Runtime CPU session when given an exported
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import ConfigError, ModelNotFoundError
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
 
 CPI_VERSION = 1
 
@@ -133,16 +133,16 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _bench_onnx_dir(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, float], float]:
-    from edgeq.converters.evaluate import session
+    from edgeq.converters.evaluate import model_info, session
 
-    info = json.loads((d / "edgeq_model.json").read_text())
+    info = model_info(d)
     sess = session(d, cfg.threads)
-    if info["task"] == "text-generation":
-        ids = _text_ids(d / "tokenizer.json", cfg.prompt_tokens, info.get("vocab_size"))
-        nk, hd = int(info["num_key_value_heads"]), int(info["head_dim"])
+    if info.task == "text-generation":
+        ids = _text_ids(d / "tokenizer.json", cfg.prompt_tokens, info.vocab_size or None)
+        nk, hd = info.num_key_value_heads, info.head_dim
         ort_generate(sess, ids[:, : min(8, ids.shape[1])], 2, nk, hd)  # warm-up
         m = _median([ort_generate(sess, ids, cfg.new_tokens, nk, hd) for _ in range(cfg.repeats)])
-        return info["task"], "onnxruntime-cpu", {k: m[k] for k in ("prefill_tok_s", "decode_tok_s")}, m["request_s"]
+        return info.task, "onnxruntime-cpu", {k: m[k] for k in ("prefill_tok_s", "decode_tok_s")}, m["request_s"]
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
@@ -161,7 +161,7 @@ def _bench_onnx_dir(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, floa
         sess.run(None, feeds)
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    return info["task"], "onnxruntime-cpu", {"sentences_s": cfg.batch / s}, s
+    return info.task, "onnxruntime-cpu", {"sentences_s": cfg.batch / s}, s
 
 
 def _bench_bundle(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, float], float]:
@@ -221,7 +221,7 @@ def bench(model: str | Path, target: str = "cpu", prices: dict[str, float] | Non
         get_profile(target)  # unknown target → UnknownTargetError listing the valid ones
     if (d / "manifest.json").is_file():
         task, backend, thr, secs = _bench_bundle(d, cfg)
-    elif (d / "model.onnx").is_file() and (d / "edgeq_model.json").is_file():
+    elif (d / "model.onnx").is_file() and (d / MODEL_INFO_NAME).is_file():
         task, backend, thr, secs = _bench_onnx_dir(d, cfg)
     else:
         raise ModelNotFoundError(f"{d} is neither a bundle (manifest.json) nor an edgeq ONNX directory (model.onnx + edgeq_model.json)",

@@ -27,6 +27,7 @@ from edgeq.converters.health import build_health_data
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model
 from edgeq.errors import BackendUnavailableError
 from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
 from edgeq.sdk.bundle.plan import BuildPlan
 from edgeq.targets import TargetProfile, get_profile, profile_hash
 
@@ -36,7 +37,7 @@ DEFAULT_MODEL = "smollm2-135m"
 PLAN_JSON = "plan/build_plan.json"
 TRTEXEC_TXT = "plan/trtexec.txt"
 #: Export side files that go next to the ONNX (the runtime reads them from there) vs. tokenizer/.
-_MODEL_SIDE = {"edgeq_model.json": "model_config"}
+_MODEL_SIDE = {MODEL_INFO_NAME: "model_config"}
 _CONFIG_FILES = {"config.json", "generation_config.json"}
 _SKIP = {"validation.json"}
 
