@@ -43,9 +43,6 @@ from typing import Any
 import numpy as np
 
 HIDDEN, INTER, KV_DIM, VOCAB, LAYERS = 576, 1536, 192, 49152, 30
-#: (name, in, out) of one SmolLM2 decoder layer's linears
-LAYER_LINEARS = (("q", HIDDEN, HIDDEN), ("k", HIDDEN, KV_DIM), ("v", HIDDEN, KV_DIM), ("o", HIDDEN, HIDDEN),
-                 ("gate", HIDDEN, INTER), ("up", HIDDEN, INTER), ("down", INTER, HIDDEN))
 FP8_MAX = 448.0
 DECODE_M = (1, 2, 4, 8, 16)
 GEMM_MODE = "fp8"  # "fp32_dequant" for the diagnostic rerun of the logits check

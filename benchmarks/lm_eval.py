@@ -31,12 +31,10 @@ def eval_ids(model_dir: Path, text_path: Path, n_tokens: int) -> np.ndarray:
 
 
 def session(onnx_path: Path, threads: int = 0) -> Any:
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session, made as edgeq's own evaluation makes it (all graph optimisations)."""
+    from edgeq.converters.evaluate import session as cpu_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(onnx_path, threads)
 
 
 def kv_shape(model_dir: Path) -> tuple[int, int]:
@@ -53,9 +51,10 @@ def lm_logits(sess: Any, ids: np.ndarray, num_kv: int, head_dim: int) -> np.ndar
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64, copy=False)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    """In float64: a KL between near-identical models is below float32's resolution."""
+    from edgeq.sdk.health.canary import log_softmax as lsm
+
+    return lsm(x, np.float64)
 
 
 _CHUNK = 256  # rows per chunk: float64 work arrays stay ~100 MB at a 49k vocabulary
@@ -121,11 +120,12 @@ def encode_batch(tok: Any, texts: list[str], max_len: int = 128) -> dict[str, np
 
 
 def embed(sess: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean-pooled, L2-normalised embeddings (float32) of the first output, for every file alike."""
+    from edgeq.sdk.bundle.graph_io import pool
+
     names = {i.name for i in sess.get_inputs()}
     hidden = sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
-    mask = feeds["attention_mask"][..., None].astype(np.float32)
-    pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return pool(hidden.astype(np.float32, copy=False), feeds["attention_mask"], "mean", normalize=True)
 
 
 def embedding_metrics(ref: np.ndarray, got: np.ndarray, n_pairs: int) -> dict[str, float]:

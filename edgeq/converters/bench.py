@@ -12,7 +12,6 @@ ONNX Runtime CPU here), or a raw ONNX Runtime CPU session when given an exported
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import ConfigError, ModelNotFoundError
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
 
 CPI_VERSION = 1
 
@@ -91,18 +91,22 @@ class BenchResult:
 # -- measurement loops -------------------------------------------------------------------------------------
 def ort_generate(sess: Any, ids: np.ndarray, new_tokens: int, num_kv: int, head_dim: int) -> dict[str, float]:
     """Greedy generation on a raw InferenceSession with the KV cache fed back: prefill and decode seconds."""
-    from edgeq.converters.validate import lm_feeds
+    from edgeq.sdk.bundle.graph_io import lm_feeds, past_names, present_indices, session_input_dtypes
+    from edgeq.sdk.bundle.model_info import TEXT_GENERATION, ModelInfo
 
-    n_out = len(sess.get_outputs())
+    # the graph's interface is read once, outside the timed steps
+    inputs = session_input_dtypes(sess)
+    outputs = [o.name for o in sess.get_outputs()]
+    present = present_indices(past_names(inputs), outputs)
+    logits = outputs.index("logits") if "logits" in outputs else 0
+    info = ModelInfo(TEXT_GENERATION, num_key_value_heads=num_kv, head_dim=head_dim)
     t0 = time.perf_counter()
-    out = sess.run(None, lm_feeds(sess, ids, [], num_kv, head_dim))
+    out = sess.run(None, lm_feeds(ids, inputs, info))
     t1 = time.perf_counter()
-    past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range((n_out - 1) // 2)]
-    tok = np.asarray([[int(out[0][0, -1].argmax())]], dtype=np.int64)
+    tok = np.asarray([[int(out[logits][0, -1].argmax())]], dtype=np.int64)
     for _ in range(new_tokens - 1):
-        out = sess.run(None, lm_feeds(sess, tok, past, num_kv, head_dim))
-        past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(len(past))]
-        tok = np.asarray([[int(out[0][0, -1].argmax())]], dtype=np.int64)
+        out = sess.run(None, lm_feeds(tok, inputs, info, [out[i] for i in present]))
+        tok = np.asarray([[int(out[logits][0, -1].argmax())]], dtype=np.int64)
     t2 = time.perf_counter()
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1, "decode_tokens": new_tokens - 1, "prompt_tokens": int(ids.shape[1])}
 
@@ -129,18 +133,16 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _bench_onnx_dir(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, float], float]:
-    import onnxruntime as ort
+    from edgeq.converters.evaluate import model_info, session
 
-    info = json.loads((d / "edgeq_model.json").read_text())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cfg.threads
-    sess = ort.InferenceSession(str(d / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    if info["task"] == "text-generation":
-        ids = _text_ids(d / "tokenizer.json", cfg.prompt_tokens, info.get("vocab_size"))
-        nk, hd = int(info["num_key_value_heads"]), int(info["head_dim"])
+    info = model_info(d)
+    sess = session(d, cfg.threads)
+    if info.task == "text-generation":
+        ids = _text_ids(d / "tokenizer.json", cfg.prompt_tokens, info.vocab_size or None)
+        nk, hd = info.num_key_value_heads, info.head_dim
         ort_generate(sess, ids[:, : min(8, ids.shape[1])], 2, nk, hd)  # warm-up
         m = _median([ort_generate(sess, ids, cfg.new_tokens, nk, hd) for _ in range(cfg.repeats)])
-        return info["task"], "onnxruntime-cpu", {k: m[k] for k in ("prefill_tok_s", "decode_tok_s")}, m["request_s"]
+        return info.task, "onnxruntime-cpu", {k: m[k] for k in ("prefill_tok_s", "decode_tok_s")}, m["request_s"]
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
@@ -159,7 +161,7 @@ def _bench_onnx_dir(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, floa
         sess.run(None, feeds)
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    return info["task"], "onnxruntime-cpu", {"sentences_s": cfg.batch / s}, s
+    return info.task, "onnxruntime-cpu", {"sentences_s": cfg.batch / s}, s
 
 
 def _bench_bundle(d: Path, cfg: BenchConfig) -> tuple[str, str, dict[str, float], float]:
@@ -219,7 +221,7 @@ def bench(model: str | Path, target: str = "cpu", prices: dict[str, float] | Non
         get_profile(target)  # unknown target → UnknownTargetError listing the valid ones
     if (d / "manifest.json").is_file():
         task, backend, thr, secs = _bench_bundle(d, cfg)
-    elif (d / "model.onnx").is_file() and (d / "edgeq_model.json").is_file():
+    elif (d / "model.onnx").is_file() and (d / MODEL_INFO_NAME).is_file():
         task, backend, thr, secs = _bench_onnx_dir(d, cfg)
     else:
         raise ModelNotFoundError(f"{d} is neither a bundle (manifest.json) nor an edgeq ONNX directory (model.onnx + edgeq_model.json)",

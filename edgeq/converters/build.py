@@ -4,9 +4,10 @@ Plan, then execute: the target, the precision, the memory budget, the output pat
 space are all checked before the first byte is written; intermediate files live in a hidden work
 directory beside the output and are removed whatever happens; the bundle appears atomically.
 
-RTX targets get a TensorRT-RTX engine built here (CPU-only is fine). Jetson / H100 get an engine
-only when full ``tensorrt`` is importable here (i.e. on the device); otherwise the bundle carries the
-QDQ ONNX, ``plan/build_plan.json`` and ``plan/trtexec.txt`` and the runtime builds on first start.
+Targets with ``build_on = "host"`` (RTX) get a TensorRT-RTX engine built here (CPU-only is fine).
+Targets with ``build_on = "device"`` (Jetson, Hopper servers) get an engine only when their flavour
+(full ``tensorrt``) is importable here, i.e. when building on the device itself; otherwise the bundle
+carries the QDQ ONNX, ``plan/build_plan.json`` and ``plan/trtexec.txt`` and the runtime builds on first start.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from edgeq._fs import os_error_to_edgeq
 from edgeq.converters.build_checks import check_disk, check_memory, check_output, check_precision, estimate_memory
 from edgeq.converters.build_plan import ENGINE_PATH, ONNX_PATH, PlannedShapes, fit_shapes, make_plan
 from edgeq.converters.build_report import BuildResult, Stages
+from edgeq.converters.bundle import BundleContents, write_bundle
+from edgeq.converters.health import build_health_data
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model
 from edgeq.errors import BackendUnavailableError
 from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
 from edgeq.sdk.bundle.plan import BuildPlan
 from edgeq.targets import TargetProfile, get_profile, profile_hash
 
@@ -33,7 +37,7 @@ DEFAULT_MODEL = "smollm2-135m"
 PLAN_JSON = "plan/build_plan.json"
 TRTEXEC_TXT = "plan/trtexec.txt"
 #: Export side files that go next to the ONNX (the runtime reads them from there) vs. tokenizer/.
-_MODEL_SIDE = {"edgeq_model.json": "model_config"}
+_MODEL_SIDE = {MODEL_INFO_NAME: "model_config"}
 _CONFIG_FILES = {"config.json", "generation_config.json"}
 _SKIP = {"validation.json"}
 
@@ -186,14 +190,9 @@ def _execute(
 # -- seams to the other converter pieces ------------------------------------------------------------------
 def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_dir: Path,
               overrides: dict[str, Any]) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
-    """Quantize with the issue-4 quantizer; returns (dir, onnx path, report, config dict)."""
-    try:
-        from edgeq.converters.quantize import get_config, quantize
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the quantizer (edgeq.converters.quantize) is not available: {exc}",
-            hint="edgeq build needs the quantization package; it has not landed in this tree",
-        ) from exc
+    """Quantize with ``edgeq.converters.quantize``; returns (dir, onnx path, report, config dict)."""
+    from edgeq.converters.quantize import get_config, quantize  # imports torch: not at module load
+
     cfg = get_config(precision, **{"compute_dtype": profile.compute_dtype, **overrides})
     if cfg.compute_dtype != profile.compute_dtype:
         log.warning("%s computes in %s; this build was asked for %s activations (recorded in the manifest)",
@@ -204,13 +203,6 @@ def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_d
 
 def _health(task: str, fp_dir: Path, q_dir: Path, out_dir: Path) -> dict[str, tuple[Path, str]]:
     """Health-monitor data (``edgeq.converters.health``): {path in bundle: (source file, role)}."""
-    try:
-        from edgeq.converters.health import build_health_data
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"health data builder (edgeq.converters.health) is not available: {exc}",
-            hint="edgeq.converters.health has not landed in this tree; --no-health builds without drift canaries",
-        ) from exc
     produced = build_health_data(task, fp_dir, q_dir, out_dir)
     return {rel: (out_dir / rel, role) for rel, role in produced}
 
@@ -254,14 +246,7 @@ def _accuracy(report: dict[str, Any]) -> dict[str, Any]:
 def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, quant_config: dict[str, Any],
             plan: BuildPlan, built: BuiltEngine | None, files: dict[str, tuple[Path, str]], build_info: dict[str, Any],
             out: Path, sign_key: Any, bundle_version: int, overwrite: bool) -> Any:
-    """Write the bundle with the issue-6 helper's writer (hashes, manifest.json, signature)."""
-    try:
-        from edgeq.converters.bundle import BundleContents, write_bundle
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the bundle writer (edgeq.converters.bundle) is not available: {exc}",
-            hint="edgeq build needs edgeq.converters.bundle; it has not landed in this tree",
-        ) from exc
+    """Write the bundle with ``edgeq.converters.bundle.write_bundle`` (hashes, manifest.json, signature)."""
     from edgeq.sdk.bundle.manifest import EngineInfo
 
     engine = EngineInfo(

@@ -8,7 +8,6 @@ only), so numbers are comparable across schemes for the same ``num_tokens``/``wi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -17,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.converters.validate import lm_feeds
 from edgeq.errors import ModelNotFoundError, QuantizationError
+from edgeq.sdk.bundle.graph_io import lm_prefill_feeds, pool, session_input_dtypes
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME, ModelInfo
+from edgeq.sdk.health.canary import log_softmax
 
 DEFAULT_TOKENS = 2048
 DEFAULT_WINDOW = 1024
@@ -76,12 +77,12 @@ def _paths(model: str | Path) -> tuple[Path, Path]:
     return onnx_path, onnx_path.parent
 
 
-def model_info(model: str | Path) -> dict[str, Any]:
+def model_info(model: str | Path) -> ModelInfo:
     _, d = _paths(model)
-    f = d / "edgeq_model.json"
+    f = d / MODEL_INFO_NAME
     if not f.is_file():
-        raise ModelNotFoundError(f"{d} has no edgeq_model.json (export with `edgeq export`)")
-    return json.loads(f.read_text())
+        raise ModelNotFoundError(f"{d} has no {MODEL_INFO_NAME} (export with `edgeq export`)")
+    return ModelInfo.from_bytes(f.read_bytes())
 
 
 def session(model: str | Path, threads: int = 0) -> Any:
@@ -111,15 +112,8 @@ def _windows(ids: np.ndarray, num_tokens: int, window: int) -> list[np.ndarray]:
     return [ids[i:i + window] for i in range(0, num_tokens, window) if len(ids[i:i + window]) >= 2]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
-def _lm_logits(sess: Any, info: dict[str, Any], win: np.ndarray) -> np.ndarray:
-    feeds = lm_feeds(sess, win[None, :], [], info["num_key_value_heads"], info["head_dim"])
-    return sess.run(["logits"], feeds)[0][0]
+def _lm_logits(sess: Any, info: ModelInfo, win: np.ndarray) -> np.ndarray:
+    return sess.run(["logits"], lm_prefill_feeds(win[None, :], session_input_dtypes(sess), info))[0][0]
 
 
 def perplexity(model: str | Path, text: str | None = None, *, ids: np.ndarray | None = None,
@@ -130,7 +124,7 @@ def perplexity(model: str | Path, text: str | None = None, *, ids: np.ndarray | 
     sess = session(model, threads)
     nll, n = 0.0, 0
     for win in _windows(ids, num_tokens, window):
-        lp = _log_softmax(_lm_logits(sess, info, win))
+        lp = log_softmax(_lm_logits(sess, info, win), np.float64)
         nll -= float(lp[np.arange(len(win) - 1), win[1:]].sum())
         n += len(win) - 1
     return PerplexityResult(ppl=math.exp(nll / n), nll=nll / n, tokens=n, window=window)
@@ -147,8 +141,8 @@ def compare_lm(candidate: str | Path, reference: str | Path, text: str | None = 
     kl = agree = nll_c = nll_r = 0.0
     n = 0
     for win in _windows(ids, num_tokens, window):
-        lc = _log_softmax(_lm_logits(s_c, info, win))
-        lr = _log_softmax(_lm_logits(s_r, info, win))
+        lc = log_softmax(_lm_logits(s_c, info, win), np.float64)
+        lr = log_softmax(_lm_logits(s_r, info, win), np.float64)
         kl += float((np.exp(lr) * (lr - lc)).sum())
         agree += float((lc.argmax(-1) == lr.argmax(-1)).sum())
         idx = np.arange(len(win) - 1)
@@ -161,20 +155,14 @@ def compare_lm(candidate: str | Path, reference: str | Path, text: str | None = 
                         ppl_candidate=math.exp(nll_c / n), ppl_reference=math.exp(nll_r / n), tokens=n)
 
 
-def _embed(sess: Any, info: dict[str, Any], ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _embed(sess: Any, info: ModelInfo, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     names = {i.name for i in sess.get_inputs()}
     feeds = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in names:
         feeds["token_type_ids"] = np.zeros_like(ids)
     hidden = sess.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in names})[0]
-    if info.get("pooling", "mean") == "cls":
-        emb = hidden[:, 0]
-    else:
-        m = mask[..., None].astype(np.float32)
-        emb = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-    if info.get("normalize", True):
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-    return emb
+    # pooled in float32 whatever the graph's output dtype (a float16 mean would lose digits)
+    return pool(hidden.astype(np.float32, copy=False), mask, info.pooling, normalize=info.normalize)
 
 
 def embed_batches(model: str | Path, texts: list[str], max_len: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:

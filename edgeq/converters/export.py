@@ -18,13 +18,13 @@ from edgeq._fs import atomic_output_dir
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model, TEXT_GENERATION
 from edgeq.converters.validate import ValidationReport, validate_export
 from edgeq.errors import ExportError, ValidationError
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME as MODEL_INFO  # the file the runtime reads
 
 log = logging.getLogger(__name__)
 
 #: optimum task names per edgeq task
 _OPTIMUM_TASK = {TEXT_GENERATION: "text-generation-with-past", "feature-extraction": "feature-extraction"}
 DEFAULT_OPSET = 21  # INT4 block-wise DequantizeLinear and FP8 need opset 21
-MODEL_INFO = "edgeq_model.json"
 
 
 @dataclass(frozen=True)

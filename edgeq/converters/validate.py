@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.converters.evaluate import session as cpu_session
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
-from edgeq.sdk.bundle.graph_io import past_dtype, session_input_dtypes
+from edgeq.sdk.bundle import graph_io
+from edgeq.sdk.bundle.graph_io import PAST_PREFIX, past_names, session_input_dtypes
+from edgeq.sdk.bundle.model_info import ModelInfo
 
 #: Tolerances each task states for an FP32 export: |onnx - torch| <= atol + rtol * max|torch| per output.
 TOLERANCES: dict[str, dict[str, float]] = {
@@ -94,13 +97,9 @@ def compare(report: ValidationReport, case: str, name: str, ref: np.ndarray, got
 
 
 def validate_export(loaded: LoadedModel, onnx_path: Path, *, num_threads: int = 0) -> ValidationReport:
-    import onnxruntime as ort
-
     tol = TOLERANCES[loaded.task]
     report = ValidationReport(task=loaded.task, atol=tol["atol"], rtol=tol["rtol"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = num_threads
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path, num_threads)
     if loaded.task == TEXT_GENERATION:
         _validate_lm(loaded, session, report)
     else:
@@ -111,25 +110,20 @@ def validate_export(loaded: LoadedModel, onnx_path: Path, *, num_threads: int = 
 def lm_feeds(
     session: Any, input_ids: np.ndarray, past: list[tuple[np.ndarray, np.ndarray]], num_kv: int, head_dim: int
 ) -> dict[str, np.ndarray]:
-    """ONNX feeds for one causal-LM step: ids, mask over past+new, positions, and the past KV (maybe empty)."""
-    batch, new = input_ids.shape
-    past_len = past[0][0].shape[2] if past else 0
-    names = {i.name for i in session.get_inputs()}
-    feeds: dict[str, np.ndarray] = {"input_ids": input_ids.astype(np.int64)}
-    if "attention_mask" in names:
-        feeds["attention_mask"] = np.ones((batch, past_len + new), dtype=np.int64)
-    if "position_ids" in names:
-        feeds["position_ids"] = np.tile(np.arange(past_len, past_len + new, dtype=np.int64), (batch, 1))
-    n_layers = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
-    kv_dtype = past_dtype(session_input_dtypes(session))
-    for layer in range(n_layers):
-        if past:
-            k, v = past[layer]
-        else:
-            k = v = np.zeros((batch, num_kv, 0, head_dim), dtype=kv_dtype)
-        feeds[f"past_key_values.{layer}.key"] = k
-        feeds[f"past_key_values.{layer}.value"] = v
-    return feeds
+    """``graph_io.lm_feeds`` for an ONNX Runtime session, the past given as per-layer (key, value) pairs.
+
+    The feeds of one causal-LM step: ids, a mask over past + new, positions, and the past KV (empty when
+    ``past`` is). The host's one-off checks and benchmarks call this; a loop over many steps should take
+    ``session_input_dtypes`` once and call ``graph_io.lm_feeds`` itself.
+    """
+    inputs = session_input_dtypes(session)
+    info = ModelInfo(TEXT_GENERATION, num_key_value_heads=num_kv, head_dim=head_dim)
+    if not past:
+        return graph_io.lm_feeds(input_ids, inputs, info)
+    by_name: dict[str, np.ndarray] = {}
+    for layer, (k, v) in enumerate(past):
+        by_name[f"{PAST_PREFIX}{layer}.key"], by_name[f"{PAST_PREFIX}{layer}.value"] = k, v
+    return graph_io.lm_feeds(input_ids, inputs, info, [by_name[n] for n in past_names(inputs)])
 
 
 def _cache_layers(cache: Any) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -11,7 +11,7 @@ Bundle layout (paths relative to the bundle root)::
     manifest.sig            ed25519 signature (JSON: key_id, signature hex) over canonical manifest bytes
     model/model.onnx        the QDQ ONNX (+ model/model.onnx.data external data when large)
     engine/<name>.engine    serialized TensorRT / TensorRT-RTX engine, when one was built
-    plan/build_plan.json    builder settings for an on-device build (Jetson/H100), + plan/trtexec.txt
+    plan/build_plan.json    builder settings for an on-device build (build_on = "device"), + plan/trtexec.txt
     tokenizer/...           tokenizer.json, tokenizer_config.json, config.json, generation_config.json, ...
     health/health.json      the monitor's spec (see edgeq.sdk.bundle.health), + health/canaries.npz
 """
@@ -199,8 +199,3 @@ def parse_manifest_json(raw: bytes) -> dict[str, Any]:
 
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def file_entry(root: Path, rel: str, role: str) -> FileEntry:
-    p = root / rel
-    return FileEntry(path=rel, size=p.stat().st_size, sha256=sha256_file(p), role=role)

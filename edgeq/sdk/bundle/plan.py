@@ -1,6 +1,6 @@
 """The engine build plan: every builder setting, as versioned JSON, plus the equivalent CLI command.
 
-A plan is written into bundles for targets whose engine is built on the device (Jetson, H100), so
+A plan is written into bundles for targets with ``build_on = "device"`` (Jetson, Hopper servers), so
 that the runtime builds exactly what the host planned, with the same ``edgeq.sdk.engine.builder`` code.
 Standard library only: this runs on devices.
 """

@@ -1,6 +1,6 @@
 """One engine builder over the API that ``tensorrt`` and TensorRT-RTX (``tensorrt_rtx_bindings``) share.
 
-The host (``edgeq build``) and the device runtime (first start on Jetson / H100) both call
+The host (``edgeq build``) and the device runtime (first start of a ``build_on = "device"`` target) both call
 ``build_engine(plan, onnx_path)``. The library is imported lazily through a flavour registry; what
 differs between the two libraries is one small ``configure`` function per flavour. No torch here.
 """

@@ -83,8 +83,10 @@ def run_canary(
 
 
 # -- shared helpers ----------------------------------------------------------------------------------
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32, copy=False)
+def log_softmax(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """log softmax along the last axis, computed in ``dtype`` (float32 on the device; the host's quality
+    metrics pass float64, whose KL between near-identical models float32 would round away)."""
+    x = x.astype(dtype, copy=False)
     m = x.max(axis=-1, keepdims=True)
     z = x - m
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from edgeq.errors import BundleError, ConfigError
@@ -23,13 +22,6 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # transformers' AddedToken serialisation
         return value.get("content")
     return value
-
-
-@dataclass
-class EncodedBatch:
-    input_ids: Any  # np.ndarray (batch, seq) int64
-    attention_mask: Any  # np.ndarray (batch, seq) int64
-    lengths: list[int]
 
 
 class DeviceTokenizer:

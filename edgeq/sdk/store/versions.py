@@ -9,7 +9,6 @@ each file's hash itself and has no previous version to fall back to.
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,10 +17,7 @@ from typing import Any, Protocol
 
 from edgeq.errors import BundleError, IntegrityError, NotInstalledError
 from edgeq.sdk.bundle.manifest import MANIFEST_NAME, Manifest, sha256_bytes, sha256_file
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+from edgeq.sdk.store._state import now_iso  # noqa: F401  (one clock format; runtime.py imports it from here)
 
 
 class VersionFiles(Protocol):
@@ -76,7 +72,7 @@ class StoreVersion:
 
 
 class StoreCatalog:
-    """``VersionCatalog`` over ``edgeq.sdk.store.store.Store`` (the contract in issue 6)."""
+    """``VersionCatalog`` over ``edgeq.sdk.store.store.Store``."""
 
     def __init__(self, store: Any, model: str) -> None:
         self.store, self.model = store, model

@@ -1,5 +1,5 @@
-"""First start on a Jetson/H100: the runtime builds the engine from the bundle's plan with the builder it
-carries, caches it in the store with its hash, records the event, and reuses it on the next start.
+"""First start on a `build_on = "device"` target: the runtime builds the engine from the bundle's plan with the
+builder it carries, caches it in the store with its hash, records the event, and reuses it on the next start.
 
 TensorRT-RTX stands in for JetPack's TensorRT (the same builder API); the engine is built, not run (no GPU).
 """
