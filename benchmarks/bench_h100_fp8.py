@@ -42,42 +42,15 @@ from typing import Any
 
 import numpy as np
 
+# the sibling file travels with this one (prepare_h100_payload copies both)
+from h100_result import Out, r3
+
 HIDDEN, INTER, KV_DIM, VOCAB, LAYERS = 576, 1536, 192, 49152, 30
 FP8_MAX = 448.0
 DECODE_M = (1, 2, 4, 8, 16)
 GEMM_MODE = "fp8"  # "fp32_dequant" for the diagnostic rerun of the logits check
 DEV = "cuda"  # --cpu-dry-run sets "cpu" to exercise the logits check without a GPU (torch has CPU _scaled_mm)
 PREFILL_M = (512, 1024, 2048)
-
-
-# -- result file (same schema as benchmarks/common.Result, without its dependencies) ------------------------
-class Out:
-    def __init__(self, quick: bool) -> None:
-        self.t0 = time.time()
-        self.doc: dict[str, Any] = {"name": "h100_fp8", "schema": 1, "quick": quick, "records": [], "tables": [],
-                                    "charts": [], "not_run": [], "notes": []}
-
-    def table(self, title: str, columns: list[str], rows: list[list[Any]], notes: str = "") -> None:
-        self.doc["tables"].append({"title": title, "columns": columns, "rows": rows, "notes": notes})
-
-    def skip(self, what: str, exc: BaseException | str) -> None:
-        text = exc if isinstance(exc, str) else "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        print(f"[h100] not run: {what}: {text}")
-        self.doc["not_run"].append({"what": what, "error": text})
-
-    def write(self, out_dir: Path, machine: dict[str, Any]) -> Path:
-        self.doc["machine"] = machine
-        self.doc["started"] = dt.datetime.fromtimestamp(self.t0, dt.timezone.utc).isoformat(timespec="seconds")
-        self.doc["wall_s"] = round(time.time() - self.t0, 1)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "h100_fp8.json"
-        path.write_text(json.dumps(self.doc, indent=1) + "\n")
-        print(f"[h100] wrote {path}")
-        return path
-
-
-def r3(x: float | None) -> float | None:
-    return None if x is None else float(f"{x:.3g}") if abs(x) < 1000 else round(x)
 
 
 def machine(torch: Any) -> dict[str, Any]:

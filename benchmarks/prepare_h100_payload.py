@@ -34,7 +34,8 @@ def main() -> None:
     sess = lm_eval.session(out / "model.onnx")
     np.save(out / "check_ids.npy", ids)
     np.savez(out / "check_feeds.npz", **lm_feeds(sess, ids, [], nk, hd))
-    (PAYLOAD / "bench_h100_fp8.py").write_bytes((ROOT / "benchmarks" / "bench_h100_fp8.py").read_bytes())
+    for name in ("bench_h100_fp8.py", "h100_result.py"):
+        (PAYLOAD / name).write_bytes((ROOT / "benchmarks" / name).read_bytes())
     size = sum(f.stat().st_size for f in PAYLOAD.rglob("*") if f.is_file())
     print(f"payload {PAYLOAD.relative_to(ROOT)}: {size / 1e6:.2f} MB")
 
