@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeq.errors import ConfigError
-from edgeq.sdk.bundle.flavours import ENGINE_FLAVOURS, TENSORRT_FLAVOURS
+from edgeq.sdk.bundle.flavours import COMPUTE_DTYPES, ENGINE_FLAVOURS, TENSORRT_FLAVOURS
 from edgeq.sdk.bundle.model_info import CONVERTIBLE_TASKS, TASK_SPECS
 from edgeq.sdk.bundle.plan import HARDWARE_COMPAT_LEVELS
 
@@ -26,7 +26,6 @@ SCHEMA_VERSION = 1
 KNOWN_TASKS = CONVERTIBLE_TASKS
 #: Where the engine can be built: ``host`` (anywhere, CPU-only included) or ``device`` (needs the GPU).
 BUILD_LOCATIONS = ("host", "device")
-COMPUTE_DTYPES = ("float16", "bfloat16")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _CC = re.compile(r"^\d{1,2}\.\d$")
@@ -79,7 +78,8 @@ class TargetProfile:
     - ``engine_flavour``: full TensorRT (Jetson, data centre) or TensorRT for RTX (consumer GPUs).
     - ``build_on``: TensorRT-RTX builds anywhere; full TensorRT builds on the device it serves.
     - ``hardware_compatibility`` / ``version_compatible``: TensorRT portability switches (not on JetPack).
-    - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16).
+    - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16); one the
+      quantizer produces (``edgeq.sdk.bundle.flavours.COMPUTE_DTYPES``), refused here otherwise.
     - ``builder_optimization_level``, ``workspace_mib``: build effort and tactic scratch memory.
     - ``dla_cores``: NVDLA engines present (Jetson AGX/NX); 0 on discrete GPUs.
     - ``memory_variants_gb`` / ``default_variant`` / ``usable_memory_fraction``: the memory budget

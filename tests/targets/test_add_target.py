@@ -133,3 +133,15 @@ def test_every_builtin_profile_agrees_with_the_scheme_handlers(monkeypatch: pyte
     monkeypatch.delenv("EDGEQ_TARGETS_PATH", raising=False)
     assert [p.name for p in checked_profiles()] == profile_names()
 
+
+def test_build_refuses_a_bfloat16_target_before_loading_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeq.converters import build as build_mod
+
+    def fail(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded before the profile was refused")
+
+    monkeypatch.setattr(build_mod, "load_model", fail)
+    _targets_dir(tmp_path, monkeypatch, **{"l4-server": L4.replace('usable_memory_fraction', 'compute_dtype = "bfloat16"\nusable_memory_fraction')})
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        build_mod.build("tiny-llama", "l4-server", out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()

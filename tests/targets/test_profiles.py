@@ -135,3 +135,20 @@ def test_targets_import_no_heavy_libraries() -> None:
     code = "import sys, edgeq.targets; edgeq.targets.list_profiles(); print([m for m in ('torch','onnx','transformers','tensorrt_rtx_bindings') if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
+
+def test_profile_refuses_a_compute_dtype_the_quantizer_cannot_produce(tmp_path: Path) -> None:
+    """Defect: bfloat16 loaded here and QuantConfig refused it only after the model had loaded."""
+    _write(tmp_path, "bf16-gpu", compute_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="compute_dtype: 'bfloat16' is not one of"):
+        get_profile("bf16-gpu", search_path=[tmp_path])
+
+
+def test_every_compute_dtype_a_profile_takes_the_quantizer_takes(tmp_path: Path) -> None:
+    from edgeq.converters.quantize import get_config, scheme_names
+    from edgeq.sdk.bundle.flavours import COMPUTE_DTYPES
+
+    for dtype in COMPUTE_DTYPES:
+        _write(tmp_path, "dtype-gpu", compute_dtype=dtype)
+        profile = get_profile("dtype-gpu", search_path=[tmp_path])
+        for scheme in scheme_names():
+            assert get_config(scheme, compute_dtype=profile.compute_dtype).compute_dtype == dtype
