@@ -10,6 +10,7 @@ from rich.table import Table
 
 from edgeq._cli.common import OverwriteOpt, console, err_console
 from edgeq._cli.quantize import _overrides
+from edgeq.converters.quantize import scheme_names
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def build(
         target: Annotated[str, typer.Option("--target", "-t", help="target profile (see `edgeq targets`)")],
         model: Annotated[str, typer.Option("--model", "-m", help="hub id, model dir, .gguf, or built-in name")] = "smollm2-135m",
-        precision: Annotated[str | None, typer.Option("--precision", "-p", help="quantization scheme; default: the target's")] = None,
+        precision: Annotated[str | None, typer.Option("--precision", "-p", help=f"quantization scheme ({' | '.join(scheme_names())}); default: the target's")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle directory (default ./<model>-<target>-<precision>)")] = None,
         sign_key: Annotated[Path | None, typer.Option("--sign-key", help="ed25519 private key to sign the manifest")] = None,
         variant: Annotated[str | None, typer.Option("--variant", help="memory variant of the target, e.g. orin-nano-4")] = None,

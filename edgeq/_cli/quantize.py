@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from edgeq._cli.common import ModelOpt, OutOpt, OverwriteOpt, console
+from edgeq.converters.quantize import scheme_names  # torch-free: the registry, not the quantizer
 
-SchemeOpt = Annotated[str, typer.Option("--scheme", "-s", help="fp16 | fp8 | int8 | int8-wo | int4-awq | int4-rtn")]
+SchemeOpt = Annotated[str, typer.Option("--scheme", "-s", help=" | ".join(scheme_names()))]
 BlockOpt = Annotated[int | None, typer.Option("--block-size", help="INT4 block size along the input dim (default 128)")]
 CalibOpt = Annotated[Path | None, typer.Option("--calib", help="calibration text file (default: the shipped one)")]
 BudgetOpt = Annotated[str | None, typer.Option("--accuracy-budget", help="e.g. ppl+1%, kl<=0.02, cosine>=0.995")]

@@ -14,18 +14,19 @@ def register(app: typer.Typer) -> None:
 
     @targets_app.callback()
     def targets(ctx: typer.Context) -> None:
-        """List the target profiles."""
+        """List the target profiles (each checked against the scheme registry) and their default precisions."""
         if ctx.invoked_subcommand is not None:
             return
-        from edgeq.targets import list_profiles
+        from edgeq.converters.build_checks import checked_profiles
+        from edgeq.sdk.bundle.model_info import CONVERTIBLE_TASKS
 
         table = Table()
-        for col in ("target", "GPU", "engine", "built on", "LLM", "encoder", "no", "memory (default)"):
-            table.add_column(col, no_wrap=col in ("target", "engine", "LLM"))
-        for p in list_profiles():
+        for col in ("target", "GPU", "engine", "built on", *CONVERTIBLE_TASKS, "no", "memory (default)"):
+            table.add_column(col, no_wrap=col in ("target", "engine"))
+        for p in checked_profiles():
             table.add_row(
-                p.name, p.sm, p.engine_flavour, p.build_on,
-                p.default_precision.get("text-generation", "-"), p.default_precision.get("feature-extraction", "-"),
+                "\n".join([p.name, *(f"alias {a}" for a in p.aliases)]), p.sm, p.engine_flavour, p.build_on,
+                *(p.default_precision.get(task, "-") for task in CONVERTIBLE_TASKS),
                 ", ".join(p.unsupported) or "-",
                 f"{p.memory_variants_gb[p.default_variant]:g} GB {p.default_variant}",
             )
@@ -33,11 +34,14 @@ def register(app: typer.Typer) -> None:
 
     @targets_app.command("show")
     def show(name: str) -> None:
-        """Print one target profile in full."""
-        from edgeq.targets import get_profile, profile_hash
+        """Print one target profile in full (NAME may be an alias)."""
+        from edgeq.converters.build_checks import target_profile
+        from edgeq.targets import profile_hash
 
-        p = get_profile(name)
+        p = target_profile(name)
         table = Table("field", "value", title=f"{p.name}: {p.description}", show_header=False)
+        if p.aliases:
+            table.add_row("aliases", ", ".join(p.aliases))
         table.add_row("compute capability", f"{p.compute_capability} ({p.sm})")
         table.add_row("engine", f"{p.engine_flavour}, built on the {p.build_on}")
         table.add_row("compute dtype", p.compute_dtype)

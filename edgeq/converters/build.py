@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq._fs import os_error_to_edgeq
-from edgeq.converters.build_checks import check_disk, check_memory, check_output, check_precision, estimate_memory
+from edgeq.converters.build_checks import check_disk, check_memory, check_output, check_precision, estimate_memory, target_profile
 from edgeq.converters.build_plan import ENGINE_PATH, ONNX_PATH, PlannedShapes, fit_shapes, make_plan
 from edgeq.converters.build_report import BuildResult, Stages
 from edgeq.converters.bundle import BundleContents, write_bundle
@@ -29,7 +29,7 @@ from edgeq.errors import BackendUnavailableError
 from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
 from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
 from edgeq.sdk.bundle.plan import BuildPlan
-from edgeq.targets import TargetProfile, get_profile, profile_hash
+from edgeq.targets import TargetProfile, profile_hash
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def build(
     Raises UnknownTargetError, UnsupportedPrecisionError, MemoryBudgetError, DiskFullError,
     OutputExistsError before any work; export/quantization/engine errors after, leaving nothing behind.
     """
-    profile = target if isinstance(target, TargetProfile) else get_profile(target)
+    profile = target_profile(target)  # a name (or alias) or a profile, checked against the scheme registry
     stages = Stages(console)
     # -- plan: every check that needs no model runs before the (slow) model load -----------------
     if precision is not None:

@@ -1,5 +1,6 @@
 """Capability checks that run before ``edgeq build`` does any work or writes any byte.
 
+- the target profile must name only registered schemes its hardware can run (``target_profile``);
 - the precision must be one the target's silicon runs (else: the profile's reason + alternatives);
 - weights + KV cache at the profile's max shapes (+ builder workspace) must fit the memory budget;
 - the output must be creatable and the disk must have room for the intermediate files.
@@ -12,14 +13,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import DiskFullError, MemoryBudgetError, OutputExistsError, UnsupportedPrecisionError
-from edgeq.targets import KNOWN_PRECISIONS, TargetProfile, TaskShapes
+from edgeq.converters.quantize import get_config, handler_named, scheme_names
+from edgeq.converters.quantize.config import QuantConfig
+from edgeq.errors import ConfigError, DiskFullError, MemoryBudgetError, OutputExistsError, UnsupportedPrecisionError
+from edgeq.targets import TargetProfile, TaskShapes, get_profile, list_profiles
 
 GIB = 1 << 30
-#: Stored bits per quantized linear weight, scales included (INT4: one FP16 scale per 128-block).
-WEIGHT_BITS = {"fp16": 16.0, "fp8": 8.0, "int8": 8.0, "int8-wo": 8.0, "int4-awq": 4.125, "int4-rtn": 4.125}
 #: Bytes per element of non-quantized tensors and the KV cache (the profiles' compute dtype is FP16).
 COMPUTE_BYTES = 2
+
+
+def check_profile(profile: TargetProfile) -> TargetProfile:
+    """Refuse a profile naming a precision that is no registered scheme, or one its hardware cannot run
+    (the scheme handler's target checks: e.g. FP8 below sm89). The targets layer knows no schemes: this is
+    where a converter loading a profile ties it to the scheme registry."""
+    known = scheme_names()
+    named = [(f"precisions.{t}", p) for t, precs in profile.precisions.items() for p in precs]
+    named += [("unsupported", p) for p in profile.unsupported]
+    for where, p in named:
+        if p not in known:
+            raise ConfigError(f"target {profile.name}: {where} names {p!r}, which is no quantization scheme",
+                              hint=f"known schemes: {', '.join(known)}")
+        problem = handler_named(p).target_problem(profile) if where != "unsupported" else None
+        if problem is not None:
+            raise ConfigError(f"target {profile.name}: {where} lists {p}, but {problem}",
+                              hint=f"move {p} to the profile's [unsupported] table with this reason")
+    return profile
+
+
+def target_profile(target: str | TargetProfile) -> TargetProfile:
+    """The profile ``target`` names (or ``target`` itself), checked against the scheme registry."""
+    return check_profile(target if isinstance(target, TargetProfile) else get_profile(target))
+
+
+def checked_profiles() -> list[TargetProfile]:
+    """Every target profile (built-in and on ``EDGEQ_TARGETS_PATH``), each checked against the scheme registry."""
+    return [check_profile(p) for p in list_profiles()]
 
 
 def _alternatives(profile: TargetProfile, task: str | None) -> str:
@@ -32,11 +61,11 @@ def check_precision(profile: TargetProfile, precision: str, task: str | None = N
 
     With ``task=None`` only what is known without the model is checked (runs before loading it).
     """
-    if precision not in KNOWN_PRECISIONS:
+    if precision not in scheme_names():
         raise UnsupportedPrecisionError(
-            f"unknown precision {precision!r}", hint=f"use one of: {', '.join(KNOWN_PRECISIONS)}"
+            f"unknown precision {precision!r}", hint=f"use one of: {', '.join(scheme_names())}"
         )
-    reason = profile.unsupported.get(precision)
+    reason = profile.unsupported.get(precision) or handler_named(precision).target_problem(profile)
     if reason is not None:
         raise UnsupportedPrecisionError(
             f"{profile.name} does not support {precision}: {reason}",
@@ -100,12 +129,21 @@ def count_params(model: Any, quantize_lm_head: bool = False) -> tuple[int, int]:
     return linear, other
 
 
+def weight_bits(precision: str | QuantConfig) -> float:
+    """Stored bits per quantized linear weight: the scheme handler's figure for the config (a scheme name
+    means its default options)."""
+    cfg = get_config(precision) if isinstance(precision, str) else precision
+    return handler_named(cfg.scheme).weight_bits(cfg)
+
+
 def estimate_memory(
-    profile: TargetProfile, task: str, precision: str, model: Any, shapes: TaskShapes, variant: str | None = None
+    profile: TargetProfile, task: str, precision: str | QuantConfig, model: Any, shapes: TaskShapes,
+    variant: str | None = None,
 ) -> MemoryEstimate:
-    """Weights at ``precision`` + FP16 KV cache at max batch x (past + sequence) + the builder workspace."""
+    """Weights at ``precision`` (a scheme name or config) + FP16 KV cache at max batch x (past + sequence)
+    + the builder workspace."""
     linear, other = count_params(model)
-    weights = int(linear * WEIGHT_BITS[precision] / 8 + other * COMPUTE_BYTES)
+    weights = int(linear * weight_bits(precision) / 8 + other * COMPUTE_BYTES)
     kv = tokens = 0
     if shapes.past is not None:
         cfg = model.config
@@ -148,14 +186,14 @@ def disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_disk(out: Path, model: Any, precision: str) -> int:
+def check_disk(out: Path, model: Any, precision: str | QuantConfig) -> int:
     """Refuse up front when the output filesystem cannot hold the intermediate files; returns the need.
 
     Needs: the FP32 export (4 B/param), the quantized ONNX and an engine of about its size, and the
     bundle copy of both (a conservative 4 + 3 x stored size per parameter).
     """
     linear, other = count_params(model)
-    stored = linear * WEIGHT_BITS[precision] / 8 + other * COMPUTE_BYTES
+    stored = linear * weight_bits(precision) / 8 + other * COMPUTE_BYTES
     need = int(4 * (linear + other) + 3 * stored)
     free = disk_free(out.absolute().parent)
     if free < need:

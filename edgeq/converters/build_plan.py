@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.errors import ConfigError
+from edgeq.sdk.bundle.flavours import ENGINE_FLAVOURS
 from edgeq.sdk.bundle.plan import BuildPlan, InputShape, OptimizationProfile
 from edgeq.targets import ShapeRange, TargetProfile, TaskShapes, profile_hash
 
@@ -138,16 +139,17 @@ def make_plan(
     ``planned`` (from ``fit_shapes``) is used as is; otherwise the task's shapes are fitted here.
     """
     planned = planned or fit_shapes(profile.shapes[task], max_positions)
-    rtx = profile.engine_flavour == "tensorrt_rtx"
+    # a cross-building flavour (TensorRT-RTX) names the GPUs to build for; the others build for the one they run on
+    cross = ENGINE_FLAVOURS[profile.engine_flavour].cross_builds
     plan = BuildPlan(
         flavour=profile.engine_flavour,
         onnx=onnx_rel,
         engine=engine_rel,
         precision=precision,
         profiles=(optimization_profile(onnx_inputs(onnx_path), planned.shapes),),
-        compute_capabilities=(profile.compute_capability,) if rtx else (),
-        hardware_compatibility="none" if rtx else profile.hardware_compatibility,
-        version_compatible=False if rtx else profile.version_compatible,
+        compute_capabilities=(profile.compute_capability,) if cross else (),
+        hardware_compatibility="none" if cross else profile.hardware_compatibility,
+        version_compatible=False if cross else profile.version_compatible,
         workspace_bytes=profile.workspace_mib << 20,
         builder_optimization_level=profile.builder_optimization_level,
         timing_cache=False,

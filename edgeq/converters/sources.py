@@ -22,12 +22,11 @@ from typing import Any
 
 from edgeq._fs import atomic_output_dir
 from edgeq.errors import CorruptWeightsError, EdgeqError, ModelNotFoundError, UnsupportedArchitectureError
+from edgeq.sdk.bundle.model_info import CONVERTIBLE_TASKS, FEATURE_EXTRACTION, TEXT_GENERATION
 
 log = logging.getLogger(__name__)
 
-TEXT_GENERATION = "text-generation"
-FEATURE_EXTRACTION = "feature-extraction"
-TASKS = (TEXT_GENERATION, FEATURE_EXTRACTION)
+TASKS = CONVERTIBLE_TASKS  # the tasks edgeq converts; TEXT_GENERATION / FEATURE_EXTRACTION re-exported for converters
 
 #: Model types edgeq knows how to export, quantize and serve, and the task each defaults to.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {

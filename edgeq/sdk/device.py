@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 
 from edgeq._version import __version__
 from edgeq.errors import ConfigError, IncompatibleBundleError
+from edgeq.sdk.bundle.flavours import ENGINE_FLAVOURS, TENSORRT_FLAVOURS, engine_flavour
 from edgeq.sdk.bundle.manifest import EngineInfo, Manifest
-
-#: Top-level import name of each engine flavour's Python bindings (looked up, never imported).
-FLAVOUR_MODULES: dict[str, str] = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt_rtx_bindings"}
 
 
 def normalize_cc(cc: str) -> str:
@@ -124,8 +122,8 @@ def installed_trt_versions() -> dict[str, str]:
     """{flavour: version} of the TensorRT libraries installed here, read from package metadata only."""
     dists = md.packages_distributions()
     found: dict[str, str] = {}
-    for flavour, module in FLAVOUR_MODULES.items():
-        for dist in dists.get(module, ()):
+    for flavour in TENSORRT_FLAVOURS:  # the module is looked up in package metadata, never imported
+        for dist in dists.get(ENGINE_FLAVOURS[flavour].module, ()):
             try:
                 found[flavour] = md.version(dist)
                 break
@@ -157,7 +155,7 @@ def probe(*, refresh: bool = False) -> DeviceInfo:
 # -- compatibility ------------------------------------------------------------------------------
 def engine_problem(engine: EngineInfo, device: DeviceInfo) -> str | None:
     """Why ``engine`` cannot run on ``device`` (None when it can). Both values are in every message."""
-    if engine.flavour == "onnx":
+    if not engine_flavour(engine.flavour).tensorrt:  # the QDQ ONNX itself: ONNX Runtime runs it anywhere
         return None
     ccs = [normalize_cc(c) for c in engine.compute_capabilities]
     if device.cpu_only:

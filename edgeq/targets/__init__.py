@@ -1,9 +1,9 @@
 """edgeq.targets: target hardware profiles, as data (``profiles/*.toml``), validated by ``profile``."""
 
-from edgeq.targets.profile import KNOWN_PRECISIONS, KNOWN_TASKS, ShapeRange, TargetProfile, TaskShapes
-from edgeq.targets.registry import get_profile, list_profiles, load_profile_file, profile_hash, profile_names
+from edgeq.targets.profile import KNOWN_TASKS, ShapeRange, TargetProfile, TaskShapes
+from edgeq.targets.registry import aliases, get_profile, list_profiles, load_profile_file, profile_hash, profile_names
 
 __all__ = [
-    "KNOWN_PRECISIONS", "KNOWN_TASKS", "ShapeRange", "TargetProfile", "TaskShapes",
-    "get_profile", "list_profiles", "load_profile_file", "profile_hash", "profile_names",
+    "KNOWN_TASKS", "ShapeRange", "TargetProfile", "TaskShapes",
+    "aliases", "get_profile", "list_profiles", "load_profile_file", "profile_hash", "profile_names",
 ]

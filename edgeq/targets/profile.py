@@ -2,7 +2,10 @@
 
 Profiles are data (``edgeq/targets/profiles/*.toml``); this module only says what a valid one looks
 like. Every field carries a one-line hardware reason here and, as a comment, in each TOML file.
-Standard library only (``edgeq.targets`` sits below the converters and beside the device runtime).
+Standard library and the bundle format's tables only (``edgeq.targets`` sits below the converters and
+beside the device runtime): tasks, engine flavours and compute dtypes come from ``edgeq.sdk.bundle``.
+Precision names are only checked for their form here; that each names a quantization scheme is checked
+against the scheme registry where the converters load a profile (``edgeq.converters.build_checks``).
 """
 
 from __future__ import annotations
@@ -13,20 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeq.errors import ConfigError
+from edgeq.sdk.bundle.flavours import COMPUTE_DTYPES, ENGINE_FLAVOURS, TENSORRT_FLAVOURS
+from edgeq.sdk.bundle.model_info import CONVERTIBLE_TASKS, TASK_SPECS
+from edgeq.sdk.bundle.plan import HARDWARE_COMPAT_LEVELS
 
 SCHEMA_VERSION = 1
 
-#: Precision names edgeq's quantizers produce (``edgeq.converters.quantize`` schemes).
-KNOWN_PRECISIONS = ("fp16", "fp8", "int8", "int8-wo", "int4-awq", "int4-rtn")
 #: Tasks a profile states precisions and shapes for.
-KNOWN_TASKS = ("text-generation", "feature-extraction")
-#: Which library builds and loads the engine.
-ENGINE_FLAVOURS = ("tensorrt", "tensorrt_rtx")
+KNOWN_TASKS = CONVERTIBLE_TASKS
 #: Where the engine can be built: ``host`` (anywhere, CPU-only included) or ``device`` (needs the GPU).
 BUILD_LOCATIONS = ("host", "device")
-#: TensorRT hardware-compatibility levels (``none`` = engine runs only on the GPU kind it was built for).
-HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
-COMPUTE_DTYPES = ("float16", "bfloat16")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _CC = re.compile(r"^\d{1,2}\.\d$")
@@ -79,13 +78,15 @@ class TargetProfile:
     - ``engine_flavour``: full TensorRT (Jetson, data centre) or TensorRT for RTX (consumer GPUs).
     - ``build_on``: TensorRT-RTX builds anywhere; full TensorRT builds on the device it serves.
     - ``hardware_compatibility`` / ``version_compatible``: TensorRT portability switches (not on JetPack).
-    - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16).
+    - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16); one the
+      quantizer produces (``edgeq.sdk.bundle.flavours.COMPUTE_DTYPES``), refused here otherwise.
     - ``builder_optimization_level``, ``workspace_mib``: build effort and tactic scratch memory.
     - ``dla_cores``: NVDLA engines present (Jetson AGX/NX); 0 on discrete GPUs.
     - ``memory_variants_gb`` / ``default_variant`` / ``usable_memory_fraction``: the memory budget
       (shared CPU/GPU memory on Jetson, VRAM on discrete GPUs) and how much of it a model may use.
     - ``precisions`` / ``default_precision`` per task; ``unsupported`` maps a precision to why not.
     - ``shapes`` per task: batch / sequence / past-length ranges for the optimization profile.
+    - ``aliases``: other names ``get_profile`` answers to (a renamed target keeps its old name working).
     """
 
     name: str
@@ -106,16 +107,24 @@ class TargetProfile:
     builder_optimization_level: int = 3
     workspace_mib: int = 1024
     dla_cores: int = 0
+    aliases: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         _check(self.schema_version == SCHEMA_VERSION, f"schema_version {self.schema_version} != {SCHEMA_VERSION}")
         _check(bool(_NAME.match(self.name or "")), f"invalid profile name {self.name!r} (lowercase, digits, '-')")
         _check(bool(_CC.match(self.compute_capability)), f"compute_capability must look like '8.9', got {self.compute_capability!r}")
-        _one_of("engine_flavour", self.engine_flavour, ENGINE_FLAVOURS)
+        _one_of("engine_flavour", self.engine_flavour, TENSORRT_FLAVOURS)
         _one_of("build_on", self.build_on, BUILD_LOCATIONS)
-        _one_of("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPAT)
+        flavour = ENGINE_FLAVOURS[self.engine_flavour]
+        _check(self.build_on == "device" or flavour.cross_builds,
+               f"build_on = 'host' needs a flavour that builds without the target GPU; {flavour.title} builds on the device")
+        _one_of("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPAT_LEVELS)
         _one_of("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        object.__setattr__(self, "aliases", (self.aliases,) if isinstance(self.aliases, str) else tuple(self.aliases))
+        for alias in self.aliases:
+            _check(isinstance(alias, str) and bool(_NAME.match(alias)) and alias != self.name,
+                   f"invalid alias {alias!r} (lowercase, digits, '-'; not the profile's own name)")
         _check(0 <= self.builder_optimization_level <= 5, "builder_optimization_level must be 0..5")
         _check(self.workspace_mib > 0 and self.dla_cores >= 0, "workspace_mib must be > 0 and dla_cores >= 0")
         _check(0 < self.usable_memory_fraction <= 1, "usable_memory_fraction must be in (0, 1]")
@@ -128,7 +137,7 @@ class TargetProfile:
             _one_of("precisions task", task, KNOWN_TASKS)
             _check(bool(precs), f"precisions.{task} is empty")
             for p in precs:
-                _one_of(f"precisions.{task}", p, KNOWN_PRECISIONS)
+                _check(isinstance(p, str) and bool(_NAME.match(p)), f"precisions.{task}: {p!r} is not a precision name")
                 _check(p not in self.unsupported, f"{p} is both supported and unsupported")
             _check(task in self.default_precision, f"default_precision.{task} is missing")
             _check(task in self.shapes, f"shapes.{task} is missing")
@@ -136,11 +145,12 @@ class TargetProfile:
             _check(task in self.precisions and p in self.precisions[task],
                    f"default_precision.{task} = {p!r} is not in precisions.{task}")
         for p in self.unsupported:
-            _one_of("unsupported", p, KNOWN_PRECISIONS)
-        _check(
-            self.shapes.get("text-generation") is None or self.shapes["text-generation"].past is not None,
-            "shapes.text-generation needs a past range (KV cache length)",
-        )
+            _check(bool(_NAME.match(p)), f"unsupported: {p!r} is not a precision name")
+        for task, s in self.shapes.items():
+            _one_of("shapes task", task, KNOWN_TASKS)
+            has_kv = TASK_SPECS[task].kv_cache
+            _check(s.past is not None or not has_kv, f"shapes.{task} needs a past range (KV cache length)")
+            _check(s.past is None or has_kv, f"shapes.{task} has a past range but {task} has no KV cache")
 
     # -- queries ------------------------------------------------------------------------------
     @property
@@ -160,6 +170,10 @@ class TargetProfile:
     def supports(self, task: str, precision: str) -> bool:
         return precision in self.precisions.get(task, ())
 
+    def answers_to(self, name: str) -> bool:
+        """Whether ``name`` is this profile's name or one of its aliases."""
+        return name == self.name or name in self.aliases
+
     def all_precisions(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for precs in self.precisions.values():
@@ -170,6 +184,7 @@ class TargetProfile:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["precisions"] = {t: list(p) for t, p in self.precisions.items()}
+        d["aliases"] = list(self.aliases)
         d["shapes"] = {
             t: {axis: r.as_list() for axis, r in s.axes().items()} for t, s in self.shapes.items()
         }

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.cli import main
+from edgeq.targets import profile_names
 
 
 def test_targets_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,7 +26,7 @@ def test_targets_show(capsys: pytest.CaptureFixture[str]) -> None:
 def test_targets_show_unknown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets", "show", "tpu-v5"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown target 'tpu-v5'; valid targets: h100-fp8, jetson-orin")
+    assert err.startswith(f"error: unknown target 'tpu-v5'; valid targets: {', '.join(profile_names())}; aliases: h100-fp8")
 
 
 def test_build_refuses_fp8_on_ampere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

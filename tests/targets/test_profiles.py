@@ -1,4 +1,7 @@
-"""Target profiles: the built-in TOML files load and validate; adding a target is adding a file."""
+"""Target profiles: the built-in TOML files load and validate; adding a target is adding a file.
+
+Tests iterate the registry (every ``*.toml`` the profile directory holds), never a hard-coded list.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from edgeq.errors import ConfigError, UnknownTargetError
 from edgeq.targets import TargetProfile, get_profile, list_profiles, profile_hash, profile_names
 from edgeq.targets.registry import BUILTIN_DIR
 
-BUILTINS = ["h100-fp8", "jetson-orin", "rtx-ada", "rtx-ampere", "rtx-blackwell"]
+#: the built-in profile files, found the way the registry finds them (a new file is picked up here too)
+BUILTINS = sorted(f.stem for f in BUILTIN_DIR.glob("*.toml"))
 
 
-def test_builtin_targets_listed() -> None:
-    assert profile_names() == BUILTINS
+def test_builtin_targets_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEQ_TARGETS_PATH", raising=False)
+    assert BUILTINS and profile_names() == BUILTINS
     assert [p.name for p in list_profiles()] == BUILTINS
 
 
@@ -39,7 +44,12 @@ def test_every_field_has_a_reason_comment(name: str) -> None:
 def test_hardware_facts() -> None:
     jetson, ampere, ada, bw, h100 = (get_profile(n) for n in ["jetson-orin", "rtx-ampere", "rtx-ada", "rtx-blackwell", "h100-fp8"])
     assert (jetson.sm, ampere.sm, ada.sm, bw.sm, h100.sm) == ("sm87", "sm86", "sm89", "sm120", "sm90")
-    assert jetson.engine_flavour == h100.engine_flavour == "tensorrt"
+    thor, spark = get_profile("jetson-thor"), get_profile("dgx-spark")
+    assert (thor.sm, spark.sm) == ("sm110", "sm121")  # developer.nvidia.com/cuda-gpus
+    assert jetson.engine_flavour == h100.engine_flavour == thor.engine_flavour == spark.engine_flavour == "tensorrt"
+    assert thor.build_on == spark.build_on == h100.build_on == "device" and thor.dla_cores == 0
+    assert thor.default_precision["text-generation"] == spark.default_precision["text-generation"] == "fp8"
+    assert {"h100-80", "h200-141"} <= set(h100.memory_variants_gb) and h100.default_variant == "h100-80"
     assert {ampere.engine_flavour, ada.engine_flavour, bw.engine_flavour} == {"tensorrt_rtx"}
     assert jetson.default_precision == {"text-generation": "int4-awq", "feature-extraction": "int8"}
     assert ampere.default_precision["text-generation"] == "int4-awq"
@@ -57,7 +67,7 @@ def test_hardware_facts() -> None:
 def test_unknown_target_lists_valid_ones() -> None:
     with pytest.raises(UnknownTargetError) as e:
         get_profile("jetson-xavier")
-    for name in BUILTINS:
+    for name in profile_names():
         assert name in e.value.message
 
 
@@ -96,9 +106,16 @@ def test_adding_a_target_is_adding_a_file(tmp_path: Path, monkeypatch: pytest.Mo
         ({"compute_capability": "sm89"}, "compute_capability"),
         ({"engine_flavour": "onnxruntime"}, "engine_flavour"),
         ({"default_precision": {"text-generation": "int8", "feature-extraction": "fp8"}}, "default_precision"),
-        ({"precisions": {"text-generation": ["fp16", "fp4"], "feature-extraction": ["fp16"]}}, "fp4"),
+        ({"precisions": {"text-generation": ["fp16", "FP4 blocks"], "feature-extraction": ["fp16"]}}, "FP4 blocks"),
         ({"shapes": {"text-generation": {"batch": [1, 4, 2], "sequence": [1, 1, 8], "past": [0, 1, 8]},
                      "feature-extraction": {"batch": [1, 1, 1], "sequence": [1, 1, 8]}}}, "min <= opt <= max"),
+        ({"shapes": {"text-generation": {"batch": [1, 1, 2], "sequence": [1, 1, 8]},
+                     "feature-extraction": {"batch": [1, 1, 1], "sequence": [1, 1, 8]}}}, "needs a past range"),
+        ({"shapes": {"text-generation": {"batch": [1, 1, 2], "sequence": [1, 1, 8], "past": [0, 1, 8]},
+                     "feature-extraction": {"batch": [1, 1, 1], "sequence": [1, 1, 8], "past": [0, 1, 8]}}},
+         "feature-extraction has no KV cache"),
+        ({"engine_flavour": "tensorrt"}, "build_on = 'host' needs a flavour that builds without the target GPU"),
+        ({"aliases": ["bad-target"]}, "not the profile's own name"),
         ({"usable_memory_fraction": 1.5}, "usable_memory_fraction"),
         ({"default_variant": "rtx-9999"}, "default_variant"),
         ({"dla": 3}, "unknown profile fields"),
@@ -124,3 +141,21 @@ def test_targets_import_no_heavy_libraries() -> None:
 
     code = "import sys, edgeq.targets; edgeq.targets.list_profiles(); print([m for m in ('torch','onnx','transformers','tensorrt_rtx_bindings') if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_profile_refuses_a_compute_dtype_the_quantizer_cannot_produce(tmp_path: Path) -> None:
+    """Defect: bfloat16 loaded here and QuantConfig refused it only after the model had loaded."""
+    _write(tmp_path, "bf16-gpu", compute_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="compute_dtype: 'bfloat16' is not one of"):
+        get_profile("bf16-gpu", search_path=[tmp_path])
+
+
+def test_every_compute_dtype_a_profile_takes_the_quantizer_takes(tmp_path: Path) -> None:
+    from edgeq.converters.quantize import get_config, scheme_names
+    from edgeq.sdk.bundle.flavours import COMPUTE_DTYPES
+
+    for dtype in COMPUTE_DTYPES:
+        _write(tmp_path, "dtype-gpu", compute_dtype=dtype)
+        profile = get_profile("dtype-gpu", search_path=[tmp_path])
+        for scheme in scheme_names():
+            assert get_config(scheme, compute_dtype=profile.compute_dtype).compute_dtype == dtype

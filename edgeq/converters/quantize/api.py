@@ -14,10 +14,11 @@ from typing import Any
 
 from edgeq._fs import atomic_output_dir, check_parent_writable
 from edgeq.converters.quantize.budget import AccuracyBudget, apply_budget
-from edgeq.converters.quantize.calibrate import is_head, make_calib_data, quantizable_linears
-from edgeq.converters.quantize.config import Int4AwqConfig, Int4RtnConfig, QuantConfig, get_config
+from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
+from edgeq.converters.quantize.config import QuantConfig, get_config
+from edgeq.converters.quantize.int4 import check_int4_fits
 from edgeq.converters.quantize.numerics import LinearPlan
-from edgeq.converters.quantize.registry import QuantContext, check_int4_fits, quantizer_for
+from edgeq.converters.quantize.registry import QuantContext, handler_for
 from edgeq.converters.quantize.sensitivity import layer_sensitivity, write_sensitivity
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel, load_model
 from edgeq.errors import ConfigError, OutputExistsError, QuantizationError, ValidationError
@@ -107,6 +108,7 @@ def quantize(
     cfg = get_config(config) if isinstance(config, str) else config
     if not isinstance(cfg, QuantConfig):
         raise ConfigError(f"config must be a QuantConfig or scheme name, got {type(config).__name__}")
+    handler = handler_for(cfg)
     budget = AccuracyBudget.parse(accuracy_budget) if isinstance(accuracy_budget, str) else accuracy_budget
     out_dir = Path(out_dir)
     # plan before execute: refuse a taken output or an unusable setting before minutes of work
@@ -117,15 +119,15 @@ def quantize(
     if budget is not None:
         budget.check_task(loaded.task)
     linears, kept = quantizable_linears(loaded, cfg.keep_fp16, cfg.quantize_lm_head)
-    if isinstance(cfg, (Int4AwqConfig, Int4RtnConfig)):
-        check_int4_fits({n: m for n, m in linears.items() if not (is_head(n) and cfg.head_bits == 8)}, cfg.block_size)
+    if handler.block_int4:
+        check_int4_fits(linears, cfg)
     needs_data = cfg.needs_calibration or budget is not None or report_dir is not None or cfg.validate
     calib = make_calib_data(loaded, calib_text, tokens=cfg.calib_tokens, seq_len=cfg.calib_seq_len,
                             holdout=cfg.holdout_tokens) if needs_data else None
 
     ctx = QuantContext(loaded=loaded, cfg=cfg, linears=linears, calib=calib)
     t_q, c_q = time.time(), _cpu_s()
-    plans = quantizer_for(cfg)(ctx) if cfg.scheme != "fp16" else {}
+    plans = handler.quantize(ctx)
     quant_s, quant_cpu = time.time() - t_q, _cpu_s() - c_q
 
     sens_rows: list[dict[str, Any]] | None = None

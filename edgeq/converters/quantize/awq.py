@@ -22,7 +22,8 @@ from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, pre
 from edgeq.converters.quantize.config import Int4AwqConfig
 from edgeq.converters.quantize.gptq import gram, int4_block_gptq, plan_block
 from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_dequant, int4_block_quant
-from edgeq.converters.quantize.registry import QuantContext, block_note, fit_block, int4_plan, register_quantizer, weight_only_plan
+from edgeq.converters.quantize.int4 import block_note, fit_block, int4_plan, weight_only_plan
+from edgeq.converters.quantize.registry import QuantContext
 from edgeq.converters.quantize.simulate import simulated
 
 
@@ -102,7 +103,6 @@ def search_clip(g: torch.Tensor, w: torch.Tensor, block: int, max_shrink: float,
     return best
 
 
-@register_quantizer(Int4AwqConfig)
 def quantize_int4_awq(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg: Int4AwqConfig = ctx.cfg
     assert ctx.calib is not None

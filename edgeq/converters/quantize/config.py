@@ -1,8 +1,9 @@
-"""Quantization schemes as frozen, typed, versioned configs, and the name -> config registry.
+"""Quantization schemes as frozen, typed, versioned configs.
 
-Each scheme is one dataclass; ``get_config("int4-awq", block_size=64)`` builds a validated instance and
-``to_dict``/``from_dict`` round-trip it through JSON (the bundle manifest records it). Validation raises
-ConfigError from ``__post_init__`` (never ``assert``).
+Each scheme is one dataclass; its handler (``registry.py``, keyed by the config type) gives it its name.
+``get_config("int4-awq", block_size=64)`` builds a validated instance and ``to_dict``/``from_dict``
+round-trip it through JSON (the bundle manifest records it). Validation raises ConfigError from
+``__post_init__`` (never ``assert``). Torch-free.
 """
 
 from __future__ import annotations
@@ -11,26 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from edgeq.converters.quantize.registry import handler_for, handler_named
 from edgeq.errors import ConfigError
+# what the emitted graph may compute in: one table with the target profiles (the bundle format's)
+from edgeq.sdk.bundle.flavours import COMPUTE_DTYPES
 
 CONFIG_VERSION = 1
-COMPUTE_DTYPES = ("float32", "float16")
 ACT_CALIB_METHODS = ("max", "percentile", "mse")
 ROUNDINGS = ("gptq", "nearest")
-
-#: scheme name -> config class; filled by ``register_scheme``
-SCHEMES: dict[str, type[QuantConfig]] = {}
-
-
-def register_scheme(name: str):
-    """Class decorator: register a config class under a scheme name (returns the class)."""
-
-    def deco(cls: type[QuantConfig]) -> type[QuantConfig]:
-        cls.scheme = name
-        SCHEMES[name] = cls
-        return cls
-
-    return deco
 
 
 @dataclass(frozen=True)
@@ -49,7 +38,6 @@ class QuantConfig:
             (LMs) or below ``min_cosine`` (encoders).
     """
 
-    scheme: ClassVar[str] = ""
     #: whether the scheme needs activation statistics (calibration forward passes)
     needs_calibration: ClassVar[bool] = False
     #: whether the scheme rewrites FP weights (scale folding), which forces a fresh export
@@ -76,6 +64,11 @@ class QuantConfig:
         if self.max_kl <= 0 or not 0 < self.min_cosine <= 1:
             raise ConfigError("max_kl must be > 0 and min_cosine in (0, 1]")
 
+    @property
+    def scheme(self) -> str:
+        """The scheme name, which the config type's registered handler owns."""
+        return handler_for(self).name
+
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -97,7 +90,6 @@ class QuantConfig:
         return _build(type(self), {**current, **overrides})
 
 
-@register_scheme("fp16")
 @dataclass(frozen=True)
 class Fp16Config(QuantConfig):
     """No quantization: the reference and the fallback (weights stay in the compute dtype)."""
@@ -120,7 +112,6 @@ class _ActCalib(QuantConfig):
             raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}")
 
 
-@register_scheme("fp8")
 @dataclass(frozen=True)
 class Fp8Config(_ActCalib):
     """FP8 E4M3 W8A8: per-output-channel weight scales, per-tensor static activation scales."""
@@ -129,7 +120,6 @@ class Fp8Config(_ActCalib):
     min_cosine: float = 0.99
 
 
-@register_scheme("int8")
 @dataclass(frozen=True)
 class Int8SmoothQuantConfig(_ActCalib):
     """INT8 W8A8 with SmoothQuant: migration strength ``alpha``; ``None`` searches it per layer group."""
@@ -169,7 +159,6 @@ class _Rounding(QuantConfig):
             raise ConfigError(f"gptq_damp must be in (0, 1], got {self.gptq_damp}")
 
 
-@register_scheme("int8-wo")
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig(_Rounding):
     """INT8 weight-only (W8A16): symmetric per-output-channel scales; GPTQ rounding on calibration inputs
@@ -216,13 +205,11 @@ class _Int4(QuantConfig):
                               hint="use 32, 64 or 128")
 
 
-@register_scheme("int4-rtn")
 @dataclass(frozen=True)
 class Int4RtnConfig(_Int4):
     """INT4 round-to-nearest: the baseline at the same block size."""
 
 
-@register_scheme("int4-awq")
 @dataclass(frozen=True)
 class Int4AwqConfig(_Int4, _Rounding):
     """INT4 AWQ: per-channel scale search (``s = mean|x|^r`` over ``n_grid`` exponents), inverse folded
@@ -249,15 +236,16 @@ class Int4AwqConfig(_Int4, _Rounding):
 
 
 def _build(cls: type[QuantConfig], kwargs: dict[str, Any]) -> QuantConfig:
+    name = handler_for(cls).name
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for scheme {cls.scheme!r}; valid: {sorted(known)}")
+        raise ConfigError(f"unknown option(s) {unknown} for scheme {name!r}; valid: {sorted(known)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"bad options for scheme {cls.scheme!r}: {exc}") from exc
+        raise ConfigError(f"bad options for scheme {name!r}: {exc}") from exc
 
 
 def get_config(scheme: str, **overrides: Any) -> QuantConfig:
@@ -265,7 +253,5 @@ def get_config(scheme: str, **overrides: Any) -> QuantConfig:
 
     Raises ConfigError for an unknown scheme (listing the valid ones) or an invalid/unknown option.
     """
-    cls = SCHEMES.get(scheme)
-    if cls is None:
-        raise ConfigError(f"unknown quantization scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+    cls = handler_named(scheme).config
     return _build(cls, {k: v for k, v in overrides.items() if v is not None or k == "alpha"})

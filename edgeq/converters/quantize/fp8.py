@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from edgeq.converters.quantize.calibrate import iterate_blocks
-from edgeq.converters.quantize.config import Fp8Config
 from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fp8_channel_quant
-from edgeq.converters.quantize.registry import QuantContext, register_quantizer
+from edgeq.converters.quantize.registry import QuantContext
 
 
-@register_quantizer(Fp8Config)
 def quantize_fp8(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg = ctx.cfg
     assert ctx.calib is not None

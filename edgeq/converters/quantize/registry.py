@@ -1,27 +1,35 @@
-"""Scheme implementations keyed by config type (torchao-style): ``@register_quantizer(Int4AwqConfig)``.
+"""The scheme registry: one handler per quantization scheme, keyed by its config type (torchao style).
 
-A quantizer takes a QuantContext (a private, mutable copy of the torch model; the linears to quantize;
-calibration data) and returns one LinearPlan per quantized linear. Schemes that fold scales mutate the
-copy's FP weights; the exporter then writes the folded, FP-equivalent graph the emitter rewrites.
+This module holds the table, the handler base class and the decorator, nothing else: the built-in
+handlers live in ``schemes.py`` (the plugin module the package imports), a new scheme registers its own
+the same way. Everything that lists schemes derives from here: ``get_config`` names, target-profile
+validation, memory estimates, CLI help. Torch-free, so that the CLI and target validation can read it
+without loading torch; a handler imports its implementation when it quantizes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import torch
+from edgeq.errors import ConfigError
 
-from edgeq.converters.quantize.config import QuantConfig
-from edgeq.converters.quantize.calibrate import CalibData, is_head
-from edgeq.converters.quantize.numerics import LinearPlan, choose_block, int4_block_quant, int8_channel_quant
-from edgeq.converters.sources import LoadedModel
-from edgeq.errors import QuantizationError
+if TYPE_CHECKING:
+    import torch
+
+    from edgeq.converters.quantize.calibrate import CalibData
+    from edgeq.converters.quantize.numerics import LinearPlan
+    from edgeq.converters.sources import LoadedModel
+    from edgeq.targets import TargetProfile
 
 
 @dataclass
 class QuantContext:
+    """What a handler's ``quantize`` gets: a private, mutable copy of the torch model (schemes that fold
+    scales rewrite its FP weights; the exporter then writes the folded, FP-equivalent graph), the linears
+    to quantize and the calibration data."""
+
     loaded: LoadedModel
     cfg: Any  # the scheme's QuantConfig subclass
     linears: dict[str, torch.nn.Linear]
@@ -30,62 +38,96 @@ class QuantContext:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-Quantizer = Callable[[QuantContext], dict[str, LinearPlan]]
-QUANTIZERS: dict[type[QuantConfig], Quantizer] = {}
+class SchemeHandler:
+    """Everything edgeq knows of one scheme besides its config's fields. Subclass, set the class
+    attributes, implement ``weight_bits`` and ``quantize``, and decorate the class with ``register_handler``.
+
+    Class attributes:
+        name: the scheme name (``--scheme``, ``--precision``, target profiles, manifests).
+        config: the frozen QuantConfig subclass that selects this handler.
+        block_int4: INT4 blocks along the input dimension: every quantized layer must take the block
+            size, which is checked before any work (``cfg.block_size``, ``cfg.head_bits``).
+        min_compute_capability: the oldest GPU whose tensor cores run the scheme (None: any GPU edgeq targets).
+        refused_flavours: engine flavour -> why that library cannot run the scheme.
+    """
+
+    name: ClassVar[str]
+    config: ClassVar[type]
+    block_int4: ClassVar[bool] = False
+    min_compute_capability: ClassVar[str | None] = None
+    refused_flavours: ClassVar[Mapping[str, str]] = {}
+
+    def weight_bits(self, cfg: Any) -> float:
+        """Stored bits per quantized linear weight under ``cfg``, scales and offsets included (memory estimates)."""
+        raise NotImplementedError
+
+    def quantize(self, ctx: QuantContext) -> dict[str, LinearPlan]:
+        """One LinearPlan per quantized linear of ``ctx.linears`` (an empty dict: nothing is quantized)."""
+        raise NotImplementedError
+
+    def target_problem(self, profile: TargetProfile) -> str | None:
+        """Why ``profile``'s hardware cannot run this scheme, or None when it can."""
+        reason = self.refused_flavours.get(profile.engine_flavour)
+        if reason is not None:
+            return reason
+        need = self.min_compute_capability
+        if need is not None and _cc(profile.compute_capability) < _cc(need):
+            return f"{self.name} needs compute capability >= {need}; {profile.name} is {profile.compute_capability}"
+        return None
+
+    def __repr__(self) -> str:
+        return f"<scheme handler {self.name!r} for {self.config.__name__}>"
 
 
-def register_quantizer(cfg_type: type[QuantConfig]) -> Callable[[Quantizer], Quantizer]:
-    def deco(fn: Quantizer) -> Quantizer:
-        QUANTIZERS[cfg_type] = fn
-        return fn
-
-    return deco
+def _cc(cc: str) -> tuple[int, int]:
+    major, _, minor = cc.partition(".")
+    return int(major), int(minor or 0)
 
 
-def quantizer_for(cfg: QuantConfig) -> Quantizer:
-    # import the implementations so that they register themselves
-    from edgeq.converters.quantize import awq, fp8, rtn, smoothquant  # noqa: F401
+#: config type -> its handler: the one table of schemes, in registration order.
+HANDLERS: dict[type, SchemeHandler] = {}
 
-    fn = QUANTIZERS.get(type(cfg))
-    if fn is None:
-        raise QuantizationError(f"no quantizer registered for scheme {cfg.scheme!r}")
-    return fn
+H = TypeVar("H", bound=SchemeHandler)
 
 
-def int4_plan(name: str, w: torch.Tensor, requested: int, clip: torch.Tensor | None = None,
-              asymmetric: bool = False, **info: Any) -> LinearPlan:
-    """INT4 block plan for one weight, with the block size chosen for its input size."""
-    block = fit_block(name, w.shape[1], requested)
-    q, scale, offset = int4_block_quant(w.float(), block, clip, asymmetric)
-    return LinearPlan(name, "int4", q, scale, block_size=block, offset=offset,
-                      info={**block_note(block, requested, w.shape[1]), **info})
+def register_handler(cls: type[H]) -> H:
+    """Class decorator: register one instance of the handler class under its ``config`` type and return
+    that instance (what was registered). A name or config type registered twice is refused."""
+    for attr in ("name", "config"):
+        if not hasattr(cls, attr):
+            raise ConfigError(f"scheme handler {cls.__name__} has no {attr!r}")
+    if cls.config in HANDLERS:
+        raise ConfigError(f"{cls.config.__name__} already has a scheme handler: {HANDLERS[cls.config]!r}")
+    if cls.name in scheme_names():
+        raise ConfigError(f"scheme name {cls.name!r} is already registered", hint="pick another name")
+    handler = cls()
+    HANDLERS[cls.config] = handler
+    return handler
 
 
-def fit_block(name: str, in_features: int, requested: int) -> int:
-    """The block size a layer gets (see ``choose_block``); QuantizationError when none fits."""
-    block = choose_block(in_features, requested)
-    if block is None:
-        raise QuantizationError(
-            f"block size {requested} cannot fit layer {name}: input size {in_features} has no power-of-two "
-            f"divisor in [16, {requested}]",
-            hint="keep this layer in FP16 (keep_fp16) or use int8-wo",
-        )
-    return block
+def unregister_handler(config: type) -> None:
+    """Remove the handler of ``config`` (a plugin unloading, a test cleaning up)."""
+    HANDLERS.pop(config, None)
 
 
-def block_note(block: int, requested: int, in_features: int) -> dict[str, str]:
-    return {} if block == requested else {"block_size_note": f"requested {requested} does not divide {in_features}"}
+def handler_for(cfg: Any) -> SchemeHandler:
+    """The handler of a config instance or config type."""
+    typ = cfg if isinstance(cfg, type) else type(cfg)
+    handler = HANDLERS.get(typ)
+    if handler is None:
+        raise ConfigError(f"no scheme handler is registered for {typ.__name__}",
+                          hint="decorate a SchemeHandler for it with register_handler")
+    return handler
 
 
-def weight_only_plan(name: str, w: torch.Tensor, cfg: Any, clip: torch.Tensor | None = None, **info: Any) -> LinearPlan:
-    """The plan of one linear under an INT4 scheme: INT4 blocks, except a head kept at ``cfg.head_bits == 8``."""
-    if is_head(name) and cfg.head_bits == 8:
-        q, scale = int8_channel_quant(w.float())
-        return LinearPlan(name, "int8", q, scale, info={**info, "note": "LM head: INT8 per channel (head_bits=8)"})
-    return int4_plan(name, w, cfg.block_size, clip, cfg.asymmetric, **info)
+def handler_named(name: str) -> SchemeHandler:
+    """The handler of scheme ``name``; ConfigError listing the registered names otherwise."""
+    for handler in HANDLERS.values():
+        if handler.name == name:
+            return handler
+    raise ConfigError(f"unknown quantization scheme {name!r}; valid: {', '.join(scheme_names())}")
 
 
-def check_int4_fits(linears: dict[str, torch.nn.Linear], requested: int) -> None:
-    """Fail before any work when a layer cannot take the block size (plan before execute)."""
-    for name, mod in linears.items():
-        fit_block(name, mod.in_features, requested)
+def scheme_names() -> tuple[str, ...]:
+    """Every registered scheme name, in registration order."""
+    return tuple(h.name for h in HANDLERS.values())

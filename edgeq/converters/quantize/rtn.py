@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from edgeq.converters.quantize.config import Int4RtnConfig, Int8WeightOnlyConfig
+from edgeq.converters.quantize.config import Int8WeightOnlyConfig
 from edgeq.converters.quantize.gptq import int8_channel_gptq, sequential_plans
 from edgeq.converters.quantize.numerics import LinearPlan, int8_channel_quant
-from edgeq.converters.quantize.registry import QuantContext, register_quantizer, weight_only_plan
+from edgeq.converters.quantize.int4 import weight_only_plan
+from edgeq.converters.quantize.registry import QuantContext
 
 
-@register_quantizer(Int4RtnConfig)
 def quantize_int4_rtn(ctx: QuantContext) -> dict[str, LinearPlan]:
     return {n: weight_only_plan(n, m.weight.detach(), ctx.cfg) for n, m in ctx.linears.items()}
 
@@ -21,7 +21,6 @@ def _int8_nearest(name: str, w: torch.Tensor, note: str | None = None) -> Linear
     return LinearPlan(name, "int8", q, scale, info={"rounding": "nearest", **({"note": note} if note else {})})
 
 
-@register_quantizer(Int8WeightOnlyConfig)
 def quantize_int8_wo(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg: Int8WeightOnlyConfig = ctx.cfg
     if cfg.rounding == "nearest":

@@ -9,7 +9,7 @@ from typing import Any
 from edgeq.converters.quantize.api import _SENS_SEQS, _resolve
 from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
 from edgeq.converters.quantize.config import get_config
-from edgeq.converters.quantize.registry import QuantContext, quantizer_for
+from edgeq.converters.quantize.registry import QuantContext, handler_for
 from edgeq.converters.quantize.sensitivity import layer_sensitivity, write_sensitivity
 from edgeq.converters.sources import LoadedModel
 from edgeq.errors import ConfigError
@@ -25,6 +25,6 @@ def run_sensitivity(model: str | Path | LoadedModel, scheme: str, out_dir: str |
     linears, _kept = quantizable_linears(loaded, cfg.keep_fp16, cfg.quantize_lm_head)
     calib = make_calib_data(loaded, calib_text, tokens=cfg.calib_tokens, seq_len=cfg.calib_seq_len,
                             holdout=cfg.holdout_tokens)
-    plans = quantizer_for(cfg)(QuantContext(loaded=loaded, cfg=cfg, linears=linears, calib=calib))
+    plans = handler_for(cfg).quantize(QuantContext(loaded=loaded, cfg=cfg, linears=linears, calib=calib))
     rows = layer_sensitivity(loaded, plans, calib.calib[:_SENS_SEQS])
     return rows, write_sensitivity(rows, Path(out_dir), f"{loaded.name} {cfg.scheme}")

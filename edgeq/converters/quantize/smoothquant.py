@@ -14,7 +14,7 @@ import torch
 from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, sample_rows, scale_predecessor
 from edgeq.converters.quantize.config import Int8SmoothQuantConfig
 from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fake_quant_act, int8_channel_quant
-from edgeq.converters.quantize.registry import QuantContext, register_quantizer
+from edgeq.converters.quantize.registry import QuantContext
 
 _SEARCH_ROWS = 1024
 
@@ -53,7 +53,6 @@ def smooth_scale(x_max: torch.Tensor, ws: list[torch.Tensor], alpha: float) -> t
     return s
 
 
-@register_quantizer(Int8SmoothQuantConfig)
 def quantize_int8_sq(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg: Int8SmoothQuantConfig = ctx.cfg
     assert ctx.calib is not None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import BundleError, ConfigError
+from edgeq.sdk.bundle.flavours import engine_flavour
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -35,8 +36,6 @@ SIGNATURE_NAME = "manifest.sig"
 FILE_ROLES = frozenset(
     {"onnx", "onnx_data", "engine", "plan", "tokenizer", "model_config", "health", "other"}
 )
-#: Engine flavours: which library deserializes the artifact (``onnx`` = run the ONNX directly).
-ENGINE_FLAVOURS = frozenset({"tensorrt", "tensorrt_rtx", "onnx"})
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -88,8 +87,7 @@ class EngineInfo:
     precision: str = "fp16"
 
     def __post_init__(self) -> None:
-        if self.flavour not in ENGINE_FLAVOURS:
-            raise ConfigError(f"unknown engine flavour {self.flavour!r}; expected one of {sorted(ENGINE_FLAVOURS)}")
+        engine_flavour(self.flavour)  # ConfigError naming the known flavours
         if self.path is None and self.plan is None and self.onnx is None:
             raise ConfigError("an engine entry needs a path, a plan or an onnx file")
         object.__setattr__(self, "compute_capabilities", tuple(self.compute_capabilities))

@@ -15,8 +15,34 @@ from edgeq.errors import BundleError
 TEXT_GENERATION = "text-generation"
 FEATURE_EXTRACTION = "feature-extraction"
 GENERIC = "generic"
-TASKS = (TEXT_GENERATION, FEATURE_EXTRACTION, GENERIC)
 MODEL_INFO_NAME = "edgeq_model.json"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One model task, the one table every list of tasks derives from.
+
+    Args:
+        name: the task name (Hugging Face's spelling).
+        convertible: edgeq exports, quantizes and plans engines for it; a target profile states its
+            precisions and shapes per convertible task. ``generic`` only runs (graphs edgeq did not make).
+        kv_cache: the graph carries a KV cache from step to step (a profile's shapes need a ``past`` range).
+    """
+
+    name: str
+    convertible: bool
+    kv_cache: bool = False
+
+
+TASK_SPECS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec(TEXT_GENERATION, convertible=True, kv_cache=True),
+    TaskSpec(FEATURE_EXTRACTION, convertible=True),
+    TaskSpec(GENERIC, convertible=False),
+)}
+#: Every task a bundle may declare.
+TASKS: tuple[str, ...] = tuple(TASK_SPECS)
+#: The tasks edgeq converts models for (sources, export, quantization, target profiles).
+CONVERTIBLE_TASKS: tuple[str, ...] = tuple(n for n, t in TASK_SPECS.items() if t.convertible)
 
 
 def _ids(value: Any) -> tuple[int, ...]:

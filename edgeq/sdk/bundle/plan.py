@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import ConfigError
+from edgeq.sdk.bundle.flavours import ENGINE_FLAVOURS, TENSORRT_FLAVOURS
 
 PLAN_SCHEMA_VERSION = 1
-PLAN_FLAVOURS = ("tensorrt", "tensorrt_rtx")
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 
-#: The command-line tool each flavour ships, and how it spells hardware-compat levels.
-_TOOL = {"tensorrt": "trtexec", "tensorrt_rtx": "tensorrt_rtx"}
+#: How trtexec spells hardware-compat levels.
 _TRTEXEC_HWCOMPAT = {"ampere_plus": "ampere+", "same_compute_capability": "sameComputeCapability"}
 
 
@@ -61,14 +60,15 @@ class BuildPlan:
     """Everything the builder needs besides the ONNX bytes.
 
     Args:
-        flavour: ``tensorrt`` or ``tensorrt_rtx`` (which library builds and loads the engine).
+        flavour: a TensorRT flavour of ``edgeq.sdk.bundle.flavours`` (which library builds and loads the engine).
         onnx: path of the QDQ ONNX relative to the bundle (or absolute on a host).
         engine: where the engine goes, relative to the bundle.
         precision: the quantization scheme the ONNX carries (informational; strongly typed networks
             take their types from the ONNX, never from builder flags).
         profiles: optimization profiles (shape ranges per input).
-        compute_capabilities: TensorRT-RTX only: the GPUs to build kernels for, e.g. ("8.9",).
-        hardware_compatibility / version_compatible: full TensorRT only: portability switches.
+        compute_capabilities: flavours that cross-build (TensorRT-RTX) only: the GPUs to build kernels for, e.g. ("8.9",).
+        hardware_compatibility / version_compatible: flavours that build on the device (full TensorRT) only:
+            portability switches.
         workspace_bytes: WORKSPACE memory-pool limit (None = library default).
         builder_optimization_level: 0..5.
         timing_cache: use a timing cache (never in CPU-only TensorRT-RTX builds: it queries a GPU).
@@ -96,8 +96,9 @@ class BuildPlan:
         object.__setattr__(self, "compute_capabilities", tuple(str(c) for c in self.compute_capabilities))
         if self.schema_version != PLAN_SCHEMA_VERSION:
             raise ConfigError(f"build plan schema {self.schema_version} is not supported (this edgeq reads {PLAN_SCHEMA_VERSION})")
-        if self.flavour not in PLAN_FLAVOURS:
-            raise ConfigError(f"unknown engine flavour {self.flavour!r}; expected one of {list(PLAN_FLAVOURS)}")
+        if self.flavour not in TENSORRT_FLAVOURS:
+            raise ConfigError(f"unknown engine flavour {self.flavour!r}; expected one of {list(TENSORRT_FLAVOURS)}")
+        fl = ENGINE_FLAVOURS[self.flavour]
         if self.hardware_compatibility not in HARDWARE_COMPAT_LEVELS:
             raise ConfigError(f"unknown hardware_compatibility {self.hardware_compatibility!r}")
         if not self.profiles:
@@ -110,12 +111,13 @@ class BuildPlan:
             # Weak typing lets TensorRT pick precisions itself, which would silently change what the
             # QDQ graph (checked against the reference) computes.
             raise ConfigError("edgeq builds strongly typed networks only")
-        if self.flavour == "tensorrt_rtx" and (self.hardware_compatibility != "none" or self.version_compatible):
-            raise ConfigError("TensorRT-RTX takes compute_capabilities, not hardware/version compatibility")
-        if self.flavour == "tensorrt_rtx" and self.timing_cache:
-            raise ConfigError("no timing cache for TensorRT-RTX: creating one queries a GPU, which CPU-only builds lack")
-        if self.flavour == "tensorrt" and self.compute_capabilities:
-            raise ConfigError("full TensorRT builds for the GPU it runs on; compute_capabilities is TensorRT-RTX only")
+        if fl.cross_builds and (self.hardware_compatibility != "none" or self.version_compatible):
+            raise ConfigError(f"{fl.title} takes compute_capabilities, not hardware/version compatibility")
+        if fl.cross_builds and self.timing_cache:
+            raise ConfigError(f"no timing cache for {fl.title}: creating one queries a GPU, which CPU-only builds lack")
+        if not fl.cross_builds and self.compute_capabilities:
+            cross = ", ".join(f.title for f in ENGINE_FLAVOURS.values() if f.cross_builds)
+            raise ConfigError(f"{fl.title} builds for the GPU it runs on; compute_capabilities is {cross} only")
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -175,8 +177,10 @@ class BuildPlan:
         Paths default to the plan's bundle-relative ones (run it from the bundle root). The CLI can
         express one optimization profile per shape flag set; extra profiles are listed as comments.
         """
-        args = [_TOOL[self.flavour], f"--onnx={onnx or self.onnx}", f"--saveEngine={engine or self.engine}"]
-        if self.flavour == "tensorrt":
+        tool = ENGINE_FLAVOURS[self.flavour].cli_tool or self.flavour
+        trtexec = tool == "trtexec"  # the flags below are trtexec's; the tensorrt_rtx tool has its own set
+        args = [tool, f"--onnx={onnx or self.onnx}", f"--saveEngine={engine or self.engine}"]
+        if trtexec:
             args.append("--stronglyTyped")  # TensorRT-RTX networks are always strongly typed
         first = self.profiles[0]
         dynamic = [i for i in first.inputs if i.min != i.max]
@@ -187,7 +191,7 @@ class BuildPlan:
             args.append("--computeCapabilities=" + ",".join(self.compute_capabilities))
         if self.workspace_bytes is not None:
             args.append(f"--memPoolSize=workspace:{max(1, self.workspace_bytes >> 20)}M")
-        if self.flavour == "tensorrt":
+        if trtexec:
             args.append(f"--builderOptimizationLevel={self.builder_optimization_level}")
             if self.hardware_compatibility != "none":
                 args.append(f"--hardwareCompatibilityLevel={_TRTEXEC_HWCOMPAT[self.hardware_compatibility]}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import BackendUnavailableError, ConfigError, EngineBuildError, OnnxParseError
+from edgeq.sdk.bundle.flavours import engine_flavour
 from edgeq.sdk.bundle.plan import BuildPlan
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ class Flavour:
 FLAVOURS: dict[str, Flavour] = {}
 
 
-def register_flavour(name: str, module: str, install_hint: str) -> Callable[[Configure], Configure]:
-    """Register ``configure(trt, config, plan)`` for a flavour; returns the function unchanged."""
+def register_flavour(name: str) -> Callable[[Configure], Configure]:
+    """Register ``configure(trt, config, plan)`` for a flavour of ``edgeq.sdk.bundle.flavours`` (its module and
+    install hint come from there); returns the function unchanged."""
+    row = engine_flavour(name)
 
     def deco(fn: Configure) -> Configure:
-        FLAVOURS[name] = Flavour(name, module, fn, install_hint)
+        FLAVOURS[name] = Flavour(name, row.module, fn, row.install_hint)
         return fn
 
     return deco
@@ -80,7 +83,7 @@ def library_version(name: str) -> str:
 
 
 # -- flavour-specific configuration -----------------------------------------------------------------
-@register_flavour("tensorrt_rtx", "tensorrt_rtx_bindings", "pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs")
+@register_flavour("tensorrt_rtx")
 def _configure_rtx(trt: Any, config: Any, plan: BuildPlan) -> None:
     # TensorRT-RTX builds ahead of time for named compute capabilities, so a CPU-only host works.
     # No timing cache: creating one makes TensorRT-RTX query the (absent) GPU (plan refuses it).
@@ -98,7 +101,7 @@ def _configure_rtx(trt: Any, config: Any, plan: BuildPlan) -> None:
 _HWCOMPAT_ENUM = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 
 
-@register_flavour("tensorrt", "tensorrt", "install TensorRT 10.x (JetPack ships it on Jetson; `pip install tensorrt` on x86 with a GPU)")
+@register_flavour("tensorrt")
 def _configure_tensorrt(trt: Any, config: Any, plan: BuildPlan) -> None:
     # Full TensorRT builds for the GPU it runs on; portability is hardware/version compatibility.
     config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, _HWCOMPAT_ENUM[plan.hardware_compatibility])

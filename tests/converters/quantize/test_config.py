@@ -1,22 +1,45 @@
-"""Scheme configs: registry, validation, JSON round trip of every preset."""
+"""Scheme configs: registry, validation, JSON round trip of every preset (every registered scheme)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from edgeq.converters.quantize import SCHEMES, QuantConfig, get_config
+from edgeq.converters.quantize import QuantConfig, get_config, handler_for, handler_named, scheme_names
+from edgeq.converters.quantize.registry import HANDLERS
 from edgeq.errors import ConfigError
 
-EXPECTED = {"fp16", "fp8", "int8", "int8-wo", "int4-awq", "int4-rtn"}
+
+def test_registry_is_keyed_by_config_type_and_owns_the_names() -> None:
+    names = scheme_names()
+    assert names and len(set(names)) == len(names)
+    for name in names:
+        h = handler_named(name)
+        cfg = get_config(name)
+        assert type(cfg) is h.config and HANDLERS[h.config] is h and handler_for(cfg) is h
+        assert cfg.scheme == name  # the config's name is its handler's
+        assert h.weight_bits(cfg) > 0
 
 
-def test_scheme_names() -> None:
-    assert set(SCHEMES) == EXPECTED
+def test_listing_schemes_loads_no_torch() -> None:
+    """The CLI help and target validation read the registry: it must not import the quantizer's torch."""
+    code = ("import sys; from edgeq.converters.quantize import get_config, scheme_names; "
+            "assert scheme_names() and get_config('int4-awq').scheme == 'int4-awq'; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("scheme", sorted(EXPECTED))
+def test_int4_weight_bits_follow_the_config() -> None:
+    """A block's FP16 scale, plus its offset when asymmetric, spread over the block's weights."""
+    h = handler_named("int4-awq")
+    assert h.block_int4 and not handler_named("int8-wo").block_int4
+    assert h.weight_bits(get_config("int4-awq", block_size=32, asymmetric=False)) == 4.5
+    assert h.weight_bits(get_config("int4-awq", block_size=128)) == 4.25
+
+
+@pytest.mark.parametrize("scheme", scheme_names())
 def test_round_trip(scheme: str) -> None:
     cfg = get_config(scheme)
     data = json.loads(json.dumps(cfg.to_dict()))

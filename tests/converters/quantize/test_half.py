@@ -124,7 +124,7 @@ def test_tied_head_is_quantized_and_the_embedding_stays(tmp_path, tiny_qwen3) ->
 def test_simulation_of_a_tied_head_leaves_the_embedding(tiny_qwen3) -> None:
     import torch
 
-    from edgeq.converters.quantize.registry import int4_plan
+    from edgeq.converters.quantize.int4 import int4_plan
     from edgeq.converters.quantize.simulate import simulated
 
     model = tiny_qwen3.model

@@ -1,0 +1,127 @@
+"""The built-in scheme handlers: the plugin module that registers edgeq's schemes (imported by the package).
+
+Each handler says what its scheme costs (weight bits), what hardware it needs (the target checks) and
+where its math lives; the implementations (torch) are imported when a handler quantizes, so listing or
+validating schemes stays cheap. A new scheme is one config class plus one handler like these, in any
+module that is imported before the scheme is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeq.converters.quantize.config import (
+    Fp8Config,
+    Fp16Config,
+    Int4AwqConfig,
+    Int4RtnConfig,
+    Int8SmoothQuantConfig,
+    Int8WeightOnlyConfig,
+)
+from edgeq.converters.quantize.registry import QuantContext, SchemeHandler, register_handler
+
+#: bits of one stored scale or offset: DQ scales are FP16 in the graphs GPU engines run (quantize/half.py)
+_SCALE_BITS = 16
+
+
+@register_handler
+class Fp16(SchemeHandler):
+    """The reference and the fallback: nothing is quantized."""
+
+    name = "fp16"
+    config = Fp16Config
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 16.0
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        return {}
+
+
+@register_handler
+class Fp8(SchemeHandler):
+    """FP8 E4M3 W8A8 (``fp8.py``)."""
+
+    name = "fp8"
+    config = Fp8Config
+    # FP8 tensor cores arrive with Ada (sm89); Ampere (sm86) and Jetson Orin (sm87) have none
+    min_compute_capability = "8.9"
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 8.0  # one scale per output channel: negligible per weight
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.fp8 import quantize_fp8
+
+        return quantize_fp8(ctx)
+
+
+@register_handler
+class Int8SmoothQuant(SchemeHandler):
+    """INT8 W8A8 with SmoothQuant (``smoothquant.py``)."""
+
+    name = "int8"
+    config = Int8SmoothQuantConfig
+    refused_flavours = {
+        "tensorrt_rtx": "TensorRT-RTX runs INT8 only as weight-only GEMM (its support matrix); use int8-wo or fp8",
+    }
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 8.0
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.smoothquant import quantize_int8_sq
+
+        return quantize_int8_sq(ctx)
+
+
+@register_handler
+class Int8WeightOnly(SchemeHandler):
+    """INT8 weight-only, GPTQ or nearest rounding (``rtn.py``, ``gptq.py``)."""
+
+    name = "int8-wo"
+    config = Int8WeightOnlyConfig
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 8.0
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.rtn import quantize_int8_wo
+
+        return quantize_int8_wo(ctx)
+
+
+class _Int4Blocks(SchemeHandler):
+    """INT4 blocks along the input dimension: a scale per block, and an offset per block when asymmetric."""
+
+    block_int4 = True
+
+    def weight_bits(self, cfg: Any) -> float:
+        per_block = _SCALE_BITS * (2 if cfg.asymmetric else 1)
+        return 4.0 + per_block / cfg.block_size
+
+
+@register_handler
+class Int4Rtn(_Int4Blocks):
+    """INT4 round-to-nearest (``rtn.py``)."""
+
+    name = "int4-rtn"
+    config = Int4RtnConfig
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.rtn import quantize_int4_rtn
+
+        return quantize_int4_rtn(ctx)
+
+
+@register_handler
+class Int4Awq(_Int4Blocks):
+    """INT4 AWQ (``awq.py``)."""
+
+    name = "int4-awq"
+    config = Int4AwqConfig
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.awq import quantize_int4_awq
+
+        return quantize_int4_awq(ctx)
