@@ -201,22 +201,25 @@ class BundleSource:
         if self._archive is not None:
             self._archive.close()
 
+    def check_contents(self, manifest: Manifest) -> list[str]:
+        """Refuse a bundle holding files other than the manifest's (or, in an archive, other sizes);
+        return the listed paths in the order to read them. Nothing is read but names and sizes."""
+        if self._archive is not None:
+            return self._archive.members_for({f.path: f.size for f in manifest.files})
+        # a directory must hold exactly what its manifest lists, like an archive must
+        if extra := extra_files(self.path, manifest):
+            raise IntegrityError(f"bundle holds files its manifest does not list: {extra[:5]}")
+        return [f.path for f in manifest.files]
+
     def materialize(self, staging: Path, manifest: Manifest, on_file: Callable[[FileEntry], None] | None = None) -> None:
         """Put exactly the manifest's files, verified, plus the manifest pair's verified bytes into ``staging``.
 
         Each file is hashed while it is copied (or extracted), so every byte is read and hashed once;
         ``on_file`` is called after each file passed. ``staging`` must be empty: every file is created new.
+        :meth:`check_contents` runs first (again, if the caller's plan ran it: it reads no file data).
         """
         by_path = {f.path: f for f in manifest.files}
-        if self._archive is not None:
-            # the archive's member set and sizes must equal the manifest's before a byte is written
-            order = self._archive.members_for({f.path: f.size for f in manifest.files})
-        else:
-            # a directory must hold exactly what its manifest lists, like an archive must
-            if extra := extra_files(self.path, manifest):
-                raise IntegrityError(f"bundle holds files its manifest does not list: {extra[:5]}")
-            order = [f.path for f in manifest.files]
-        for rel in order:
+        for rel in self.check_contents(manifest):
             entry = by_path[rel]
             dst = staging / rel
             dst.parent.mkdir(parents=True, exist_ok=True)

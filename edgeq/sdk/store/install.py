@@ -2,7 +2,8 @@
 
 :func:`plan` checks everything before the first byte is written: the signature over the canonical
 manifest, compatibility with this device, already-installed and downgrade-floor rules, the file list's
-layout and limits, the target path, and free space on the store's filesystem for the whole bundle.
+layout and limits, that the bundle holds exactly the listed files (names and sizes), the target path,
+and free space on the store's filesystem for the whole bundle.
 :func:`execute` then stages the listed files (each hashed once, while it is copied or extracted),
 fsyncs them, renames the staged directory to ``versions/<v>``, atomically replaces ``state.json``
 (the commit point) and prunes old versions. A failure or crash before the commit leaves the old
@@ -77,6 +78,7 @@ def plan(layout: StoreLayout, src: BundleSource, *, trusted: TrustedKeys, device
         raise DowngradeError(f"{m.model_name} v{m.bundle_version} is below the store's floor v{st.floor} (downgrade)",
                              hint="pass --allow-downgrade to install an older version on purpose")
     content = check_layout(m, src.limits) + len(src.manifest_bytes) + len(src.signature_bytes or b"")
+    src.check_contents(m)  # exactly the listed files, before staging begins
     final = layout.version_dir(m.model_name, m.bundle_version)
     if os.path.lexists(final):  # recovery just removed unreferenced versions: someone writes without the lock
         raise StoreError(f"{final} exists but the store does not record it; refusing to overwrite it",
