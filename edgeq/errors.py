@@ -159,6 +159,16 @@ class NotInstalledError(StoreError):
     pass
 
 
+class StoreFullError(StoreError, DiskFullError):
+    """An install was refused before writing: the store's filesystem has less free space than the bundle needs.
+
+    Both a StoreError and a DiskFullError, so either ``except`` catches it; it exits like every other full
+    disk (3), which a fleet script can tell from a refused or broken bundle (6) and retry after cleanup.
+    """
+
+    exit_code = 3
+
+
 class UpdateError(EdgeqError):
     """Fetching an update from a TUF repository failed or was refused."""
 

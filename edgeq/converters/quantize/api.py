@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,13 +54,16 @@ def _builtin_names() -> set[str]:
 
 
 def _peak_rss_mb() -> float:
+    try:
+        import resource  # POSIX only (not on Windows)
+    except ImportError:
+        return 0.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _cpu_s() -> float:
     """CPU seconds of this process: on a shared machine wall time overstates the cost."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return time.process_time()  # user + system CPU of this process, as getrusage's, on every OS
 
 
 def _validate_onnx(loaded: LoadedModel, cand: Path, ref: Path, holdout: Any, cfg: QuantConfig) -> dict[str, Any]:

@@ -4,22 +4,34 @@ The publisher packs archives with ``edgeq.converters.pack``.
 
 Every member is checked before a byte is extracted: only regular files and directories; no absolute
 paths, ``..``, backslashes or empty components; no symlinks, hardlinks, devices, FIFOs or sparse files;
-no duplicate names; member count and sizes bounded. The store additionally requires the member set
-to equal the signed manifest's file list with the exact sizes, then extracts with Python's
-``filter='data'`` into a fresh, empty staging directory.
+no duplicate names; member count and sizes bounded (and Python's ``tarfile.data_filter`` as a second
+opinion). The store additionally requires the member set to equal the signed manifest's file list with
+the exact sizes; ``edgeq.sdk.bundle.verify`` then streams each member into a fresh staging directory,
+hashing it on the way (each byte is read and hashed once).
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
+from edgeq._fs import open_regular
 from edgeq.errors import BundleError, ConfigError, IntegrityError, UnsafeArchiveError
 from edgeq.sdk.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 
 ARCHIVE_SUFFIX = ".edgeq.tar"
+#: what reading a damaged (or damaged compressed) archive raises part-way through a member
+_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, zlib.error)
+try:
+    import lzma
+
+    _READ_ERRORS += (lzma.LZMAError,)
+except ImportError:  # Python built without lzma cannot open .xz archives at all
+    pass
 _ALLOWED_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
 
 
@@ -63,14 +75,17 @@ class BundleArchive:
     def __init__(self, path: str | os.PathLike[str], limits: ArchiveLimits | None = None) -> None:
         self.path = Path(path)
         self.limits = limits or ArchiveLimits()
+        # open_regular: a FIFO or device given as the archive must be refused, not waited on
+        self._file = os.fdopen(open_regular(self.path, follow_symlinks=True), "rb")
         try:
-            self._tar = tarfile.open(self.path, mode="r:*")
+            self._tar = tarfile.open(fileobj=self._file, mode="r:*")
         except (tarfile.TarError, OSError, EOFError) as exc:
+            self._file.close()
             raise BundleError(f"not a readable bundle archive: {self.path}: {exc}") from exc
         try:
             self.files, self.dirs = self._plan()
         except BaseException:
-            self._tar.close()
+            self.close()
             raise
 
     def _plan(self) -> tuple[dict[str, tarfile.TarInfo], set[str]]:
@@ -120,7 +135,8 @@ class BundleArchive:
         self.close()
 
     def close(self) -> None:
-        self._tar.close()
+        self._tar.close()  # a tar opened on a file object leaves that object open
+        self._file.close()
 
     def read_small(self, name: str) -> bytes | None:
         """Bytes of member ``name`` (None when absent), bounded by ``max_manifest_bytes``."""
@@ -129,19 +145,18 @@ class BundleArchive:
             return None
         if m.size > self.limits.max_manifest_bytes:
             raise UnsafeArchiveError(f"{name} in the archive is {m.size} bytes; refusing to read it")
-        f = self._tar.extractfile(m)
-        if f is None:
-            raise UnsafeArchiveError(f"archive member {name!r} has no data")
-        data = f.read(m.size + 1)
+        with self.open_member(name) as f:
+            data = f.read(m.size + 1)
         if len(data) != m.size:
             raise BundleError(f"archive member {name!r} is truncated")
         return data
 
-    def extract_to(self, staging: Path, expected: dict[str, int]) -> None:
-        """Extract exactly the ``expected`` {relpath: size} files into the empty dir ``staging``.
+    def members_for(self, expected: dict[str, int]) -> list[str]:
+        """The names of ``expected`` ({relpath: size}) in archive order, once the archive holds exactly them.
 
         Refused when the archive holds any other file, lacks one, or a size differs: the signed
-        manifest, not the archive, decides what lands on disk.
+        manifest, not the archive, decides what lands on disk. Archive order lets a compressed
+        archive be read front to back.
         """
         # manifest.json/.sig were read (and verified) in memory; the caller writes those exact bytes.
         have = set(self.files) - {MANIFEST_NAME, SIGNATURE_NAME}
@@ -155,10 +170,33 @@ class BundleArchive:
                 raise UnsafeArchiveError(
                     f"archive member {name!r} is {self.files[name].size} bytes, the manifest says {size}"
                 )
-        if any(staging.iterdir()):
-            raise BundleError(f"staging directory {staging} is not empty")
-        members = [self.files[n] for n in sorted(want)]
+        return sorted(want, key=lambda n: self.files[n].offset_data)
+
+    def open_member(self, name: str) -> _MemberReader:
+        """A reader of member ``name``'s bytes (a checked regular file: the plan admits nothing else)."""
         try:
-            self._tar.extractall(staging, members=members, filter="data")
-        except tarfile.TarError as exc:
+            f = self._tar.extractfile(self.files[name])
+        except _READ_ERRORS as exc:
             raise BundleError(f"corrupt bundle archive {self.path}: {exc}") from exc
+        if f is None:
+            raise UnsafeArchiveError(f"archive member {name!r} has no data")
+        return _MemberReader(f, self.path, name)
+
+
+class _MemberReader:
+    """A member's byte stream whose read errors (truncated or corrupt archive) are BundleErrors."""
+
+    def __init__(self, f: BinaryIO, path: Path, name: str) -> None:
+        self._f, self._path, self._name = f, path, name
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except _READ_ERRORS as exc:
+            raise BundleError(f"corrupt bundle archive {self._path} (member {self._name!r}): {exc}") from exc
+
+    def __enter__(self) -> _MemberReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()

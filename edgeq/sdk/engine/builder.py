@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import logging
 import re
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -271,7 +270,8 @@ class _PeakRss:
     """Peak resident memory of this process during the build.
 
     Linux lets a process reset its high-water mark (write 5 to /proc/self/clear_refs), so the
-    figure covers this build only; elsewhere the process-lifetime ru_maxrss is reported instead.
+    figure covers this build only; elsewhere the process-lifetime ru_maxrss is reported instead, and
+    where there is no ``resource`` module (Windows) 0 with the method ``unavailable``.
     Side effect: the process's earlier high-water mark (and so a later ru_maxrss) is forgotten.
     """
 
@@ -294,4 +294,8 @@ class _PeakRss:
                     return int(m.group(1)) * 1024, self.method
             except OSError:
                 pass
+        try:
+            import resource  # POSIX only: a Windows RTX PC has no getrusage
+        except ImportError:
+            return 0, "unavailable"
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"

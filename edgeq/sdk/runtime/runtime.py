@@ -104,9 +104,12 @@ class Runtime:
         else:
             if model_name is None:
                 raise ConfigError("model_name is required when opening a store")
-            if not root.is_dir():  # the Store would create an empty store here; a typo should not
-                raise NotInstalledError(f"no device store at {root}", hint="check --store / EDGEQ_STORE")
-            from edgeq.sdk.store.store import Store
+            from edgeq.sdk.store.store import CONFIG_NAME, Store
+
+            # Store() creates a store where there is none; serving must not (a typo, or any directory)
+            if not (root / CONFIG_NAME).is_file():
+                raise NotInstalledError(f"no device store at {root}", hint="check --store / EDGEQ_STORE; "
+                                        "`edgeq install` creates a store")
 
             catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys), model_name)
         return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port)

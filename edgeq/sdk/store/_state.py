@@ -1,4 +1,4 @@
-"""Small persistent pieces of the device store: the lock, per-model state files and event logs.
+"""Small persistent pieces of the device store: per-model state files and event logs.
 
 The store's one source of truth per model is ``models/<model>/state.json`` (active version, downgrade
 floor, installed versions with their manifest digests, bad marks). It is only ever replaced whole by
@@ -8,19 +8,15 @@ write-temp → fsync → rename → fsync-dir, so a reader sees the old or the n
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgeq._fs import atomic_write_text
-from edgeq.errors import StoreError, StoreLockedError
+from edgeq._fs import atomic_write_text, read_at
+from edgeq.errors import StoreError
 
 STATE_SCHEMA = 1
 
@@ -76,87 +72,14 @@ def write_state(path: Path, state: ModelState) -> None:
     atomic_write_text(path, state.to_json())
 
 
-class StoreLock:
-    """Exclusive lock on the store, held by one process at a time.
-
-    ``flock`` on ``<root>/.lock``: the kernel drops the lock when its holder dies (kill -9 included), so
-    a lock file left by a dead process is stale by construction and the next locker simply takes it
-    — no PID-liveness guess and no PID-reuse race. The holder writes its PID into the file so a
-    waiter that times out can say who holds it.
-    """
-
-    def __init__(self, path: Path, timeout: float = 60.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._fd: int | None = None
-        self._depth = 0
-        # flock excludes other processes; threads sharing this object are excluded by this reentrant lock
-        # (nesting is per thread: a second thread waits instead of joining the first one's depth).
-        self._thread_lock = threading.RLock()
-
-    def __enter__(self) -> StoreLock:
-        if not self._thread_lock.acquire(timeout=self.timeout):
-            raise StoreLockedError(f"store {self.path.parent} is locked by another thread of this process",
-                                   hint="wait for the other install/rollback to finish")
-        if self._depth:
-            self._depth += 1
-            return self
-        try:
-            self._flock()
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        self._depth = 1
-        return self
-
-    def _flock(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                    os.close(fd)
-                    raise StoreLockedError(
-                        f"store {self.path.parent} is locked by another process (pid {holder})",
-                        hint="wait for the other install/rollback to finish",
-                    ) from None
-                time.sleep(0.02)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
-                fd, self._fd = self._fd, None
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-        finally:
-            self._thread_lock.release()
-
-    @property
-    def held(self) -> bool:
-        return self._depth > 0
-
-
 def append_event(path: Path, event: dict[str, Any]) -> None:
     """Append one JSON line. A line torn by a crash is terminated first so it cannot swallow this one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"ts": now_iso(), **event}, sort_keys=True, default=str) + "\n"
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and read_at(fd, 1, size - 1) != b"\n":
             line = "\n" + line
         os.write(fd, line.encode("utf-8"))
     finally:

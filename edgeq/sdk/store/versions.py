@@ -9,15 +9,21 @@ each file's hash itself and has no previous version to fall back to.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgeq._fs import hash_bounded, open_regular, read_regular
 from edgeq.errors import BundleError, IntegrityError, NotInstalledError
-from edgeq.sdk.bundle.manifest import MANIFEST_NAME, Manifest, sha256_bytes, sha256_file
-from edgeq.sdk.store._state import now_iso  # noqa: F401  (one clock format; runtime.py imports it from here)
+from edgeq.sdk.bundle.archive import ArchiveLimits
+from edgeq.sdk.bundle.manifest import MANIFEST_NAME, Manifest, sha256_bytes
+from edgeq.sdk.store._state import now_iso
+
+__all__ = ["BundleDirCatalog", "BundleDirVersion", "StoreCatalog", "StoreVersion", "VersionCatalog", "VersionFiles",
+           "now_iso"]
 
 
 class VersionFiles(Protocol):
@@ -72,7 +78,7 @@ class StoreVersion:
 
 
 class StoreCatalog:
-    """``VersionCatalog`` over ``edgeq.sdk.store.store.Store``."""
+    """``VersionCatalog`` over ``edgeq.sdk.store.store.Store`` (the contract in issue 6)."""
 
     def __init__(self, store: Any, model: str) -> None:
         self.store, self.model = store, model
@@ -107,37 +113,41 @@ class StoreCatalog:
 
 # -- a bare bundle directory --------------------------------------------------------------------------
 class BundleDirVersion:
-    """A bundle directory read in place; each file's SHA-256 is checked against the manifest on access."""
+    """A bundle directory read in place; each file's SHA-256 is checked against the manifest on access.
+
+    Every read is bounded (by the manifest's size for a file) and refuses anything but a regular file,
+    so a FIFO, device or endless file in the directory cannot hang the runtime.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.manifest = Manifest.load(self.root)
+        raw = read_regular(self.root / MANIFEST_NAME, ArchiveLimits().max_manifest_bytes)
+        self.manifest = Manifest.from_bytes(raw)
         self.model = self.manifest.model_name
         self.version = self.manifest.bundle_version
 
-    def _entry(self, relpath: str) -> Any:
-        return self.manifest.file(relpath)
-
     def read(self, relpath: str) -> bytes:
-        entry = self._entry(relpath)
-        data = (self.root / relpath).read_bytes()
+        entry = self.manifest.file(relpath)
+        with os.fdopen(open_regular(self.root / entry.path), "rb") as f:
+            data = f.read(entry.size + 1)
         if len(data) != entry.size or sha256_bytes(data) != entry.sha256:
             raise IntegrityError(f"{relpath} of {self.model} v{self.version} does not match its manifest hash")
         return data
 
     def path(self, relpath: str) -> Path:
-        entry = self._entry(relpath)
-        p = self.root / relpath
-        if not p.is_file() or p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
+        entry = self.manifest.file(relpath)
+        with os.fdopen(open_regular(self.root / entry.path), "rb") as f:
+            size, digest = hash_bounded(f, entry.size)
+        if size != entry.size or digest != entry.sha256:
             raise IntegrityError(f"{relpath} of {self.model} v{self.version} does not match its manifest hash")
-        return p
+        return self.root / entry.path
 
 
 class BundleDirCatalog:
     """One bundle, served without a store: no fallback; events are kept in memory."""
 
     def __init__(self, root: Path) -> None:
-        if not (Path(root) / MANIFEST_NAME).is_file():
+        if not os.path.lexists(Path(root) / MANIFEST_NAME):
             raise BundleError(f"not a bundle directory (no {MANIFEST_NAME}): {root}")
         self._version = BundleDirVersion(Path(root))
         self.model = self._version.model

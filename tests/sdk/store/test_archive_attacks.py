@@ -11,6 +11,8 @@ import pytest
 
 from edgeq.errors import BundleError, UnsafeArchiveError
 from edgeq.sdk.bundle.archive import ArchiveLimits, BundleArchive
+from edgeq.sdk.bundle.manifest import Manifest
+from edgeq.sdk.bundle.verify import BundleSource
 from edgeq.sdk.store.store import Store
 from tests.sdk.store.conftest import ADA, ENGINE, tree_snapshot
 
@@ -99,7 +101,11 @@ def test_extraction_bounded_by_signed_manifest(tmp_path, make_bundle):
     with BundleArchive(arch) as a:
         expected = {ti.name: ti.size for ti, _ in good if ti.name not in ("manifest.json", "manifest.sig")}
         with pytest.raises(UnsafeArchiveError, match="does not list"):
-            a.extract_to(staging, expected)
+            a.members_for(expected)
         with pytest.raises(UnsafeArchiveError, match="manifest says"):
-            a.extract_to(staging, {**expected, "tokenizer/extra.json": 5})  # "evil" is 4 bytes
+            a.members_for({**expected, "tokenizer/extra.json": 5})  # "evil" is 4 bytes
+    with BundleSource(arch) as src:  # the same check guards the staging copy, before its first byte
+        manifest = Manifest.from_bytes(src.manifest_bytes)
+        with pytest.raises(UnsafeArchiveError, match="does not list"):
+            src.materialize(staging, manifest)
     assert list(staging.iterdir()) == []

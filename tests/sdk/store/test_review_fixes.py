@@ -1,40 +1,17 @@
-"""Store behaviours pinned after review: the lock excludes threads sharing one Store, stray files do not
-break the store, a refused publish leaves no repository, read-only CLI commands create no store."""
+"""Store behaviours pinned after review: stray files do not break the store, a refused publish leaves no
+repository, neither read-only CLI commands nor ``Runtime.open`` create a store."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from edgeq.errors import UpdateError
+from edgeq.errors import NotInstalledError, UpdateError
 from edgeq.sdk.store.store import Store
-from tests.sdk.store.conftest import ADA
-
-
-def test_lock_excludes_threads_of_one_process(tmp_path: Path) -> None:
-    s = Store(tmp_path / "s", device=ADA)
-    order: list[str] = []
-
-    def worker(i: int) -> None:
-        with s._lock:
-            order.append(f"enter{i}")
-            time.sleep(0.05)
-            with s._lock:  # nesting in the holding thread still works
-                pass
-            order.append(f"exit{i}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    pairs = [order[i : i + 2] for i in range(0, len(order), 2)]
-    assert len(order) == 6 and all(a[5:] == b[4:] and a.startswith("enter") for a, b in pairs), order
+from tests.sdk.store.conftest import ADA, tree_snapshot
 
 
 def test_stray_files_do_not_break_the_store(tmp_path: Path, keypair, make_bundle) -> None:  # type: ignore[no-untyped-def]
@@ -65,3 +42,19 @@ def test_read_only_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "error: no device store at" in proc.stderr, proc.stderr
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("content", ["empty", "unrelated files", "a models/ dir"])
+def test_runtime_open_refuses_a_directory_that_is_not_a_store(tmp_path: Path, content: str) -> None:
+    from edgeq.sdk.runtime.runtime import Runtime
+
+    d = tmp_path / "not-a-store"
+    d.mkdir()
+    if content == "unrelated files":
+        (d / "notes.txt").write_text("my files")
+    elif content == "a models/ dir":
+        (d / "models" / "tiny").mkdir(parents=True)
+    before = tree_snapshot(d)
+    with pytest.raises(NotInstalledError, match="no device store at"):
+        Runtime.open(d, "tiny")
+    assert tree_snapshot(d) == before  # no store.json, keys/, staging/ or .lock appeared

@@ -1,11 +1,7 @@
-"""The device store: install, activation, rollback, pruning, downgrade floor, lock, verified reads."""
+"""The device store: install, activation, rollback, pruning, downgrade floor, verified reads."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,6 @@ from edgeq.errors import (
     NotInstalledError,
     SignatureError,
     StoreError,
-    StoreLockedError,
 )
 from edgeq.converters.pack import pack
 from edgeq.sdk.store.store import Store
@@ -172,53 +167,3 @@ def test_real_tiny_llama_onnx_round_trips(tmp_path, keypair, tiny_llama_onnx):
     model = onnx.load(str(s.verified_path("tiny-llama", 1, "model/model.onnx")))
     assert [i.name for i in model.graph.input][:1] == ["input_ids"]
     assert len(v.manifest.files) == len(files)
-
-
-def _hold_lock(root: str, ready, pause: float) -> None:  # type: ignore[no-untyped-def]
-    s = Store(root, device=ADA)
-    with s._lock:
-        ready.set()
-        time.sleep(pause)
-
-
-def test_lock_serialises_and_dead_holder_is_recovered(tmp_path, keypair, make_bundle):
-    root = tmp_path / "store"
-    s = _store(root, keypair, lock_timeout=0.3)
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(root), ready, 60))
-    holder.start()
-    try:
-        assert ready.wait(30)
-        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
-            s.install(make_bundle(1))
-        os.kill(holder.pid, signal.SIGKILL)  # the holder dies without releasing anything
-        holder.join(10)
-        assert (root / ".lock").exists()  # the stale lock file is still there...
-        assert s.install(make_bundle(1)).version == 1  # ...and is taken over
-    finally:
-        if holder.is_alive():
-            holder.kill()
-
-
-def test_concurrent_installs_are_serialised(tmp_path, keypair, make_bundle):
-    root = tmp_path / "store"
-    _store(root, keypair)
-    bundles = [str(make_bundle(v)) for v in (1, 2, 3, 4)]
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        results = pool.starmap(_install_quietly, [(str(root), b) for b in bundles])
-    ok = [r for r in results if r.startswith("ok")]
-    assert ok, results  # some succeed; the rest are refused cleanly as downgrades, never corrupt
-    s = Store(root, device=ADA)
-    assert all(r.startswith(("ok", "DowngradeError")) for r in results), results
-    for v in s.versions("tiny"):
-        s.verify("tiny", v.version)
-    assert s.recover() == []
-
-
-def _install_quietly(root: str, bundle: str) -> str:
-    try:
-        return f"ok {Store(root, device=ADA).install(bundle).version}"
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
-        return f"{type(exc).__name__}: {exc}"
