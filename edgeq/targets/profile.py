@@ -170,10 +170,6 @@ class TargetProfile:
     def supports(self, task: str, precision: str) -> bool:
         return precision in self.precisions.get(task, ())
 
-    def answers_to(self, name: str) -> bool:
-        """Whether ``name`` is this profile's name or one of its aliases."""
-        return name == self.name or name in self.aliases
-
     def all_precisions(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for precs in self.precisions.values():

@@ -80,7 +80,7 @@ def test_one_toml_adds_a_target_that_is_listed_validated_and_planned(
 
 def test_alias_resolves_to_the_renamed_target(capsys: pytest.CaptureFixture[str]) -> None:
     hopper = get_profile("h100-fp8")
-    assert hopper.name == "hopper-server" and hopper.answers_to("h100-fp8")
+    assert hopper.name == "hopper-server" and hopper.aliases == ("h100-fp8",)
     assert "h100-fp8" not in profile_names() and aliases()["h100-fp8"] == "hopper-server"
     assert main(["targets", "show", "h100-fp8"]) == 0 and "hopper-server" in capsys.readouterr().out
 
