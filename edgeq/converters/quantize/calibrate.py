@@ -142,14 +142,17 @@ def quantizable_linears(loaded: LoadedModel, keep_globs: tuple[str, ...], quanti
 
 
 def find_blocks(model: Any) -> tuple[str, torch.nn.ModuleList]:
-    """The repeated transformer blocks: the longest ModuleList whose members hold Linear layers."""
+    """The repeated transformer blocks: the ModuleList holding the most Linear layers. (Not the longest list:
+    a MoE layer's expert list is longer than the decoder's layer list, and lives inside it.)"""
     best: tuple[str, torch.nn.ModuleList] | None = None
+    best_n = 0
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) and any(
             isinstance(m, torch.nn.Linear) for m in mod[0].modules()
         ):
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
+            n = sum(isinstance(m, torch.nn.Linear) for m in mod.modules())
+            if best is None or n > best_n:
+                best, best_n = (name, mod), n
     if best is None:
         raise UnsupportedArchitectureError(f"no transformer block list found in {type(model).__name__}")
     return best
