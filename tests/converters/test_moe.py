@@ -191,6 +191,8 @@ def test_every_scheme_quantizes_each_expert_with_its_own_scales_and_keeps_the_ro
             assert all(s is not None for s in scales), (scheme, i, proj)
             assert len({s.tobytes() for s in scales}) == EXPERTS  # one scale tensor per expert, none shared
             assert f"model.layers.{i}.mlp.experts.7.{proj}" in report["layers"]
+    if scheme in ("fp8", "int8"):  # W8A8: every linear, attention and experts, got a calibrated input range
+        assert all("act_scale" in layer for layer in report["layers"].values())
     moe = report["scheme_stats"]["moe_calibration"]
     assert moe["tokens_seen_per_expert"] == report["calibration"]["sequences"] * report["calibration"]["seq_len"]
     for counts in moe["routed_tokens_per_expert"].values():
