@@ -49,7 +49,8 @@ def _modules() -> dict[str, Any]:
 
     class StackedDense(DenseMoe):
         def __init__(self, base: DenseMoe) -> None:
-            super().__init__(base.gate, base.experts, base.top_k, base.normalize)
+            r = base.router
+            super().__init__(r.gate, base.experts, r.top_k, r.normalize, base.spec, base._original[0])
             g, u, d = _stacked(base.experts)
             self.register_buffer("w_gu", torch.cat([g, u], dim=-1))
             self.register_buffer("w_d", d)
@@ -58,7 +59,7 @@ def _modules() -> dict[str, Any]:
         def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             shape = hidden_states.shape
             x = hidden_states.reshape(-1, shape[-1])
-            logits, _, dense = self.routing(x)
+            logits, dense = self.router(x)
             gu = torch.matmul(x.unsqueeze(0), self.w_gu)  # [E, T, 2I]
             gate, up = gu.chunk(2, dim=-1)
             y = torch.matmul(self.act(gate) * up, self.w_d)  # [E, T, h]
@@ -68,7 +69,8 @@ def _modules() -> dict[str, Any]:
 
     class Gather(DenseMoe):
         def __init__(self, base: DenseMoe) -> None:
-            super().__init__(base.gate, base.experts, base.top_k, base.normalize)
+            r = base.router
+            super().__init__(r.gate, base.experts, r.top_k, r.normalize, base.spec, base._original[0])
             g, u, d = _stacked(base.experts)
             self.register_buffer("w_g", g)
             self.register_buffer("w_u", u)
@@ -78,10 +80,10 @@ def _modules() -> dict[str, Any]:
         def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             shape = hidden_states.shape
             x = hidden_states.reshape(-1, shape[-1])
-            logits = self.gate(x)
+            logits = self.router.gate(x)
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-            top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-            if self.normalize:
+            top_w, top_i = torch.topk(probs, self.router.top_k, dim=-1)
+            if self.router.normalize:
                 top_w = top_w / top_w.sum(dim=-1, keepdim=True)
             xe = x[:, None, None, :]  # [T, 1, 1, h]
             h = self.act(torch.matmul(xe, self.w_g[top_i])) * torch.matmul(xe, self.w_u[top_i])  # [T, k, 1, I]
