@@ -12,6 +12,7 @@ them equal).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,25 +21,27 @@ from typing import Any
 
 from edgeq.converters.build_checks import MemoryEstimate, estimate_memory
 from edgeq.converters.build_plan import fit_shapes
+from edgeq.converters.sources import SUPPORTED_MODEL_TYPES
 from edgeq.errors import ConfigError, UnsupportedArchitectureError
 from edgeq.targets import KNOWN_PRECISIONS, TargetProfile, get_profile
 
-#: per model type: the task, and the defaults transformers' config class gives the fields read here
+#: per model type edgeq supports (``sources.SUPPORTED_MODEL_TYPES``, which also gives the task): the defaults
+#: transformers' config class gives the fields read here
 #: (``head_dim`` None: hidden_size // num_attention_heads; ``num_key_value_heads`` None: the head count).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "llama": {"task": "text-generation", "num_key_value_heads": None, "head_dim": None, "tie_word_embeddings": False,
+    "llama": {"num_key_value_heads": None, "head_dim": None, "tie_word_embeddings": False,
               "attention_bias": False, "mlp_bias": False, "max_position_embeddings": 2048},
-    "mistral": {"task": "text-generation", "num_key_value_heads": 8, "head_dim": None, "tie_word_embeddings": False,
+    "mistral": {"num_key_value_heads": 8, "head_dim": None, "tie_word_embeddings": False,
                 "max_position_embeddings": 4096 * 32},
-    "qwen2": {"task": "text-generation", "num_key_value_heads": 32, "head_dim": None, "tie_word_embeddings": False,
+    "qwen2": {"num_key_value_heads": 32, "head_dim": None, "tie_word_embeddings": False,
               "max_position_embeddings": 32768},
-    "qwen3": {"task": "text-generation", "num_key_value_heads": 32, "head_dim": 128, "tie_word_embeddings": False,
+    "qwen3": {"num_key_value_heads": 32, "head_dim": 128, "tie_word_embeddings": False,
               "attention_bias": False, "max_position_embeddings": 32768},
-    "qwen3_moe": {"task": "text-generation", "num_key_value_heads": 4, "head_dim": None, "tie_word_embeddings": False,
+    "qwen3_moe": {"num_key_value_heads": 4, "head_dim": None, "tie_word_embeddings": False,
                   "attention_bias": False, "max_position_embeddings": 32768, "num_experts": 128,
                   "num_experts_per_tok": 8, "moe_intermediate_size": 768, "decoder_sparse_step": 1,
                   "mlp_only_layers": []},
-    "bert": {"task": "feature-extraction", "max_position_embeddings": 512, "type_vocab_size": 2},
+    "bert": {"max_position_embeddings": 512, "type_vocab_size": 2},
 }
 #: fields every config.json of these architectures carries (no default is guessed for them)
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -76,14 +79,15 @@ def read_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     model_type = raw.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if model_type not in ARCHITECTURES or model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitectureError(
             f"cannot plan architecture {model_type!r} from its config",
             hint=f"edgeq plan knows: {', '.join(sorted(ARCHITECTURES))}")
     missing = [k for k in REQUIRED if not isinstance(raw.get(k), int) or isinstance(raw.get(k), bool)]
     if missing:
         raise ConfigError(f"model config lacks integer {', '.join(missing)}")
-    cfg = {**ARCHITECTURES[model_type], **{k: v for k, v in raw.items() if v is not None}}
+    cfg = {**ARCHITECTURES[model_type], **{k: v for k, v in raw.items() if v is not None},
+           "task": SUPPORTED_MODEL_TYPES[model_type]}
     cfg["num_key_value_heads"] = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     cfg["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     return cfg
@@ -145,10 +149,13 @@ def _bert(cfg: dict[str, Any]) -> ParamCount:
     return ParamCount(linear=linear, other=other, active=linear + other)
 
 
+def _count(cfg: dict[str, Any]) -> ParamCount:
+    return _bert(cfg) if cfg["model_type"] == "bert" else _decoder(cfg)
+
+
 def count_from_config(source: str | Path | dict[str, Any]) -> ParamCount:
     """Parameter counts of the model a config describes (see ParamCount), by its architecture's arithmetic."""
-    cfg = read_config(source)
-    return _bert(cfg) if cfg["model_type"] == "bert" else _decoder(cfg)
+    return _count(read_config(source))
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ class CapacityPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, "task": self.task, "target": self.target,
-                "params": {**self.params.__dict__, "total": self.params.total},
+                "params": {**dataclasses.asdict(self.params), "total": self.params.total},
                 "kv_batch": self.kv_batch, "kv_tokens": self.kv_tokens, "shape_notes": list(self.shape_notes),
                 "precisions": [f.to_dict() for f in self.fits]}
 
@@ -196,7 +203,7 @@ def plan_from_config(config: str | Path | dict[str, Any], target: str | TargetPr
     cfg = read_config(config)
     profile = target if isinstance(target, TargetProfile) else get_profile(target)
     task = cfg["task"]
-    params = _bert(cfg) if cfg["model_type"] == "bert" else _decoder(cfg)
+    params = _count(cfg)
     if task not in profile.shapes:
         raise UnsupportedArchitectureError(f"{profile.name} has no {task} profile for this {cfg['model_type']} model")
     planned = fit_shapes(profile.shapes[task], cfg.get("max_position_embeddings"))

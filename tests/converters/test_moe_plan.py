@@ -13,6 +13,7 @@ import pytest
 
 from edgeq.cli import main
 from edgeq.converters.capacity import ARCHITECTURES, count_from_config, plan_from_config, read_config
+from edgeq.converters.sources import SUPPORTED_MODEL_TYPES
 from edgeq.errors import ConfigError, UnsupportedArchitectureError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -36,6 +37,10 @@ def _tiny_config(model_type: str) -> dict[str, Any]:
             "num_hidden_layers": 4, "num_attention_heads": 4, **TINY[model_type]}
 
 
+def test_every_architecture_edgeq_exports_can_be_planned() -> None:
+    assert set(ARCHITECTURES) == set(SUPPORTED_MODEL_TYPES)
+
+
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_config_arithmetic_matches_the_real_model(model_type: str) -> None:
     """The counts equal those of the torch model transformers builds from the same config, split as the build's
@@ -48,7 +53,7 @@ def test_config_arithmetic_matches_the_real_model(model_type: str) -> None:
     raw = _tiny_config(model_type)
     cfg = transformers.AutoConfig.for_model(**raw)
     torch.manual_seed(0)
-    auto = transformers.AutoModel if ARCHITECTURES[model_type]["task"] == "feature-extraction" else transformers.AutoModelForCausalLM
+    auto = transformers.AutoModel if SUPPORTED_MODEL_TYPES[model_type] == "feature-extraction" else transformers.AutoModelForCausalLM
     model = auto.from_config(cfg)
     got = count_from_config(raw)
     assert (got.linear, got.other) == count_params(model)
@@ -61,8 +66,6 @@ def test_defaults_are_those_of_the_transformers_config_classes(model_type: str) 
 
     ref = transformers.CONFIG_MAPPING[model_type]()
     for key, default in ARCHITECTURES[model_type].items():
-        if key == "task":
-            continue
         want = getattr(ref, key, None)
         if key == "head_dim" and default is None:  # derived from hidden size and heads when absent
             assert want in (None, ref.hidden_size // ref.num_attention_heads)
