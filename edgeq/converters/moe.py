@@ -9,13 +9,14 @@ with ``0..E-1``: no scatter, no one-hot), and every expert applied to every toke
 weight is non-zero. Experts are summed in ascending order, as HF's ``index_add_`` does; PyTorch results agree
 with HF's to float rounding (the experts' GEMMs run on all rows instead of a subset).
 
-Why dense (``benchmarks/bench_moe.py``, ONNX Runtime CPU, 1 thread): it is the faster prefill (1.9x at 128
-experts / top-8) and the only formulation of the two whose quantized weights TensorRT can take. TopK + Gather
-of stacked weights decodes faster (5x at 128 experts / top-8, where dense computes 16x the expert FLOPs), but
-TensorRT's DequantizeLinear wants build-time-constant scales of rank <= 2 feeding the GEMM, which per-token
-gathered per-expert scales are not, and each token copies k experts' weights (a 1024-token prefill of
-Qwen3-30B-A3B would gather ~77 GB per layer in FP16). Dense keeps one ``MatMul`` per expert linear under that
-linear's module path, so the QDQ emitter gives each expert its own scales exactly as it does a dense MLP.
+Why dense (measured by ``benchmarks/bench_moe.py``, ONNX Runtime CPU, 1 thread, FP32 graphs): it is the faster
+prefill (1.9x at 128 experts / top-8, 3.8x on tiny-qwen3-moe) and keeps one ``MatMul`` per expert linear under
+that linear's module path, so the QDQ emitter gives each expert its own scales exactly as it does a dense MLP,
+and TensorRT sees ordinary weight-quantized GEMMs. TopK + Gather of stacked weights decodes faster (5.3x at 128
+experts / top-8, where dense computes 16x the expert FLOPs), but (not measured, from the documented limits) each
+token copies k experts' weights (a 1024-token prefill of Qwen3-30B-A3B would gather ~77 GB per layer in FP16),
+and per-expert quantized weights would need per-token gathered scales, which TensorRT's Dequantize layer does
+not take (its scales are build-time constants of rank <= 2).
 
 The routing (router linear, softmax, top-k, the dense weights) runs in a child module named ``router``:
 the FP16 rewrite keeps it an FP32 island (``quantize.half.FP32_MODULES``), as HF computes the routing softmax
