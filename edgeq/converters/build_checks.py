@@ -116,13 +116,16 @@ class MemoryEstimate:
 
 
 def count_params(model: Any, quantize_lm_head: bool = False) -> tuple[int, int]:
-    """(quantizable linear weights, everything else) parameter counts of a torch model."""
+    """(quantizable linear weights, everything else) parameter counts of a torch model (MoE routers: else)."""
     import torch
+
+    from edgeq.converters.moe import router_names
 
     linear = 0
     seen: set[int] = set()
+    routers = router_names(model)
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and (quantize_lm_head or not name.endswith("lm_head")):
+        if isinstance(mod, torch.nn.Linear) and (quantize_lm_head or not name.endswith("lm_head")) and name not in routers:
             linear += mod.weight.numel()
             seen.add(id(mod.weight))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
@@ -138,15 +141,19 @@ def weight_bits(precision: str | QuantConfig) -> float:
 
 def estimate_memory(
     profile: TargetProfile, task: str, precision: str | QuantConfig, model: Any, shapes: TaskShapes,
-    variant: str | None = None,
+    variant: str | None = None, *, params: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
     """Weights at ``precision`` (a scheme name or config) + FP16 KV cache at max batch x (past + sequence)
-    + the builder workspace."""
-    linear, other = count_params(model)
+    + the builder workspace.
+
+    ``model`` is the torch model, or (with ``params``: its (linear, other) counts, as from
+    ``capacity.count_from_config``) only its config.
+    """
+    linear, other = params if params is not None else count_params(model)
     weights = int(linear * weight_bits(precision) / 8 + other * COMPUTE_BYTES)
     kv = tokens = 0
     if shapes.past is not None:
-        cfg = model.config
+        cfg = model.config if params is None else model
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads

@@ -113,7 +113,10 @@ def _run_optimum(loaded: LoadedModel, out: Path, opset: int) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
     from rich.console import Console
 
-    with Console(stderr=True).status(f"exporting {loaded.name} to ONNX (opset {opset}) …"), warnings.catch_warnings():
+    from edgeq.converters.moe import dense_moe  # MoE blocks as static-shape graphs TensorRT builds; else a no-op
+
+    with Console(stderr=True).status(f"exporting {loaded.name} to ONNX (opset {opset}) …"), warnings.catch_warnings(), \
+            dense_moe(loaded.model):
         warnings.simplefilter("ignore")
         try:
             onnx_export_from_model(

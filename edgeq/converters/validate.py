@@ -51,10 +51,14 @@ class ValidationReport:
     rtol: float
     diffs: list[OutputDiff] = field(default_factory=list)
     skipped_reason: str | None = None
+    #: MoE models: the experts PyTorch routed the validated tokens to (``converters.moe.RoutingLog.summary``);
+    #: fewer than two distinct top-k sets would not show that the graph follows the router
+    routing: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
-        return self.skipped_reason is None and bool(self.diffs) and all(d.passed for d in self.diffs)
+        routed = self.routing is None or self.routing["distinct_topk_sets"] >= 2
+        return self.skipped_reason is None and bool(self.diffs) and all(d.passed for d in self.diffs) and routed
 
     @classmethod
     def skipped(cls, task: str) -> ValidationReport:
@@ -70,6 +74,8 @@ class ValidationReport:
         failed = [d for d in self.diffs if not d.passed]
         w = self.worst()
         head = f"{len(self.diffs) - len(failed)}/{len(self.diffs)} outputs within tolerance"
+        if self.routing is not None:
+            head += f"; {self.routing['distinct_topk_sets']} distinct expert top-k sets routed"
         if w is not None:
             head += f"; worst {w.output} in case {w.case}: max|diff| {w.max_abs:.3g} (limit {w.limit:.3g})"
         return head
@@ -100,10 +106,14 @@ def validate_export(loaded: LoadedModel, onnx_path: Path, *, num_threads: int = 
     tol = TOLERANCES[loaded.task]
     report = ValidationReport(task=loaded.task, atol=tol["atol"], rtol=tol["rtol"])
     session = cpu_session(onnx_path, num_threads)
-    if loaded.task == TEXT_GENERATION:
-        _validate_lm(loaded, session, report)
-    else:
-        _validate_encoder(loaded, session, report)
+    from edgeq.converters.moe import record_routing
+
+    with record_routing(loaded.model) as routing:
+        if loaded.task == TEXT_GENERATION:
+            _validate_lm(loaded, session, report)
+        else:
+            _validate_encoder(loaded, session, report)
+    report.routing = None if routing is None else routing.summary()
     return report
 
 

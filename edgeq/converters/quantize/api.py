@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq._fs import atomic_output_dir, check_parent_writable
+from edgeq.converters.moe import calibrating_experts
 from edgeq.converters.quantize.budget import AccuracyBudget, apply_budget
 from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
 from edgeq.converters.quantize.config import QuantConfig, get_config
@@ -129,7 +130,10 @@ def quantize(
 
     ctx = QuantContext(loaded=loaded, cfg=cfg, linears=linears, calib=calib)
     t_q, c_q = time.time(), _cpu_s()
-    plans = handler.quantize(ctx)
+    with calibrating_experts(loaded, None if calib is None else calib.calib) as moe_report:
+        plans = handler.quantize(ctx)
+    if moe_report is not None:
+        ctx.stats["moe_calibration"] = moe_report
     quant_s, quant_cpu = time.time() - t_q, _cpu_s() - c_q
 
     sens_rows: list[dict[str, Any]] | None = None

@@ -40,7 +40,8 @@ FOLD_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     ),
     "bert": (("attention.self.value", "linear", ("attention.output.dense",)),),
 }
-for _alias in ("qwen3", "qwen2", "mistral"):
+# qwen3_moe: attention groups (and dense-MLP layers' groups); its experts' up->down come from converters.moe
+for _alias in ("qwen3", "qwen2", "mistral", "qwen3_moe"):
     FOLD_GROUPS[_alias] = FOLD_GROUPS["llama"]
 
 
@@ -122,12 +123,17 @@ def is_head(name: str) -> bool:
 
 def quantizable_linears(loaded: LoadedModel, keep_globs: tuple[str, ...], quantize_head: bool) -> tuple[dict[str, torch.nn.Linear], dict[str, str]]:
     """(linears to quantize, {kept linear: reason}). Raises QuantizationError when none is left."""
+    from edgeq.converters.moe import router_names
+
     chosen: dict[str, torch.nn.Linear] = {}
     kept: dict[str, str] = {}
+    routers = router_names(loaded.model)
     for name, mod in loaded.model.named_modules():
         if not isinstance(mod, torch.nn.Linear):
             continue
-        if not quantize_head and is_head(name):
+        if name in routers:
+            kept[name] = "MoE router (always kept: a changed top-k choice swaps whole experts)"
+        elif not quantize_head and is_head(name):
             kept[name] = "head (quantize_lm_head off)"
         elif any(fnmatch.fnmatchcase(name, g) for g in keep_globs):
             kept[name] = "keep_fp16 glob"
@@ -142,14 +148,17 @@ def quantizable_linears(loaded: LoadedModel, keep_globs: tuple[str, ...], quanti
 
 
 def find_blocks(model: Any) -> tuple[str, torch.nn.ModuleList]:
-    """The repeated transformer blocks: the longest ModuleList whose members hold Linear layers."""
+    """The repeated transformer blocks: the ModuleList holding the most Linear layers. (Not the longest list:
+    a MoE layer's expert list is longer than the decoder's layer list, and lives inside it.)"""
     best: tuple[str, torch.nn.ModuleList] | None = None
+    best_n = 0
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) and any(
             isinstance(m, torch.nn.Linear) for m in mod[0].modules()
         ):
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
+            n = sum(isinstance(m, torch.nn.Linear) for m in mod.modules())
+            if best is None or n > best_n:
+                best, best_n = (name, mod), n
     if best is None:
         raise UnsupportedArchitectureError(f"no transformer block list found in {type(model).__name__}")
     return best
@@ -236,10 +245,12 @@ def iterate_blocks(
 
 def fold_groups(loaded: LoadedModel, block_path: str) -> list[tuple[str, str, list[str]]]:
     """Foldable (predecessor path, kind, [linear paths]) groups of one block for this model type."""
+    from edgeq.converters.moe import expert_fold_groups
+
     groups = []
     for prev, kind, consumers in FOLD_GROUPS.get(loaded.model_type, ()):
         groups.append((f"{block_path}.{prev}", kind, [f"{block_path}.{c}" for c in consumers]))
-    return groups
+    return groups + expert_fold_groups(loaded.model, block_path)
 
 
 def predecessor_fits(model: Any, path: str, in_features: int) -> bool:

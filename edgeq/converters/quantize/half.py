@@ -4,9 +4,10 @@ What GPU engines run: activations, unquantized weights and the DequantizeLinear 
 FP16, so a strongly typed TensorRT network computes in FP16 and the quantized GEMMs take FP16 inputs.
 Kept in FP32, as Hugging Face does in its FP16 models:
 
-- normalisation modules (RMSNorm / LayerNorm: ``x²`` overflows FP16 above 256) and the rotary embedding
-  (``position * inv_freq`` loses whole radians in FP16 past a few thousand positions): every node whose
-  module path has a component matching ``FP32_MODULES``;
+- normalisation modules (RMSNorm / LayerNorm: ``x²`` overflows FP16 above 256), the rotary embedding
+  (``position * inv_freq`` loses whole radians in FP16 past a few thousand positions) and MoE routers
+  (``converters.moe.Router``: HF ranks experts on an FP32 softmax): every node whose module path has a
+  component matching ``FP32_MODULES``;
 - graph inputs and outputs, except the KV cache (``past_key_values.*`` / ``present.*``), which stays in the
   compute dtype so that its memory and bandwidth halve. Logits and embeddings leave the graph in FP32.
 
@@ -27,7 +28,7 @@ import numpy as np
 from edgeq.errors import QuantizationError
 
 #: module path components whose nodes compute in FP32
-FP32_MODULES = re.compile(r"(norm|layernorm|rotary_emb|rotary)$", re.IGNORECASE)
+FP32_MODULES = re.compile(r"(norm|layernorm|rotary_emb|rotary|router)$", re.IGNORECASE)
 #: graph inputs/outputs that carry the compute dtype (the KV cache)
 KV_PREFIXES = ("past_key_values.", "present.")
 FP16_MAX = float(np.finfo(np.float16).max)
