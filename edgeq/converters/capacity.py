@@ -23,7 +23,8 @@ from edgeq.converters.build_checks import MemoryEstimate, estimate_memory
 from edgeq.converters.build_plan import fit_shapes
 from edgeq.converters.sources import SUPPORTED_MODEL_TYPES
 from edgeq.errors import ConfigError, UnsupportedArchitectureError
-from edgeq.targets import KNOWN_PRECISIONS, TargetProfile, get_profile
+from edgeq.converters.quantize import scheme_names
+from edgeq.targets import TargetProfile, get_profile
 
 #: per model type edgeq supports (``sources.SUPPORTED_MODEL_TYPES``, which also gives the task): the defaults
 #: transformers' config class gives the fields read here
@@ -209,7 +210,7 @@ def plan_from_config(config: str | Path | dict[str, Any], target: str | TargetPr
     planned = fit_shapes(profile.shapes[task], cfg.get("max_position_embeddings"))
     model = SimpleNamespace(**cfg)  # what estimate_memory reads of a config (heads, head_dim, layers)
     fits = []
-    for precision in KNOWN_PRECISIONS:
+    for precision in scheme_names():
         refused = profile.unsupported.get(precision)
         if refused is None and not profile.supports(task, precision):
             refused = f"not offered for {task} on {profile.name}"

@@ -97,7 +97,8 @@ def test_qwen3_30b_a3b_on_every_jetson_orin_variant() -> None:
     budgets = {"agx-orin-64": 64, "agx-orin-32": 32, "orin-nx-16": 16, "orin-nx-8": 8, "orin-nano-8": 8, "orin-nano-4": 4}
     want_fits = {"fp16": set(), "int8": {"agx-orin-64"}, "int8-wo": {"agx-orin-64"},
                  "int4-awq": {"agx-orin-64", "agx-orin-32"}, "int4-rtn": {"agx-orin-64", "agx-orin-32"}}
-    bits = {"fp16": 16, "int8": 8, "int8-wo": 8, "int4-awq": 4.125, "int4-rtn": 4.125}
+    # INT4 defaults: blocks of 128, asymmetric: an FP16 scale and an FP16 offset per block (4 + 32/128 bits)
+    bits = {"fp16": 16, "int8": 8, "int8-wo": 8, "int4-awq": 4.25, "int4-rtn": 4.25}
     rows = {f.precision: f for f in plan.fits}
     assert rows["fp8"].refused and "sm87 has no FP8" in rows["fp8"].refused and not rows["fp8"].estimates
     for precision, fits in want_fits.items():
@@ -108,7 +109,7 @@ def test_qwen3_30b_a3b_on_every_jetson_orin_variant() -> None:
             assert e.budget == int(gb * GIB * 0.6)
             assert e.fits == (variant in fits) == (weights + kv + (1 << 30) <= int(gb * GIB * 0.6)), (precision, variant)
     # the headline numbers, in GiB
-    assert round(rows["int4-awq"].estimates["agx-orin-64"].total / GIB, 2) == 17.10
+    assert round(rows["int4-awq"].estimates["agx-orin-64"].total / GIB, 2) == 17.54
     assert round(rows["int8"].estimates["agx-orin-64"].total / GIB, 2) == 30.59
     assert round(rows["fp16"].estimates["agx-orin-64"].total / GIB, 2) == 58.43
 
@@ -120,7 +121,7 @@ def test_edgeq_plan_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None
     assert "batch 2 x 3072 tokens" in out
     lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
              for line in out.splitlines() if line.startswith("│")}
-    assert lines["int4-awq"] == ["15.54", "0.56", "1.00", "17.10"]
+    assert lines["int4-awq"] == ["15.98", "0.56", "1.00", "17.54"]
     assert lines["agx-orin-64"] == ["38.40", "no", "fits", "fits", "fits", "fits"]
     assert lines["agx-orin-32"] == ["19.20", "no", "no", "no", "fits", "fits"]
     assert lines["orin-nx-16"] == ["9.60", "no", "no", "no", "no", "no"]
