@@ -15,6 +15,7 @@ from edgeq._cli import build as _build
 from edgeq._cli import export as _export
 from edgeq._cli import quantize as _quantize
 from edgeq._cli import run as _run
+from edgeq._cli import serve as _serve
 from edgeq._cli import keys as _keys
 from edgeq._cli import store as _store
 from edgeq._cli import targets as _targets
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (_export, _quantize, _targets, _build, _keys, _store, _run, _bench):
+for _module in (_export, _quantize, _targets, _build, _keys, _store, _run, _serve, _bench):
     _module.register(app)
 
 
