@@ -3,6 +3,7 @@ apps that serve next to other work). uvicorn without its optional C extras: the 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -22,9 +23,20 @@ def _uvicorn(app: Any, config: ServeConfig) -> Any:
 
 
 def run_server(runtimes: Sequence[Any], config: ServeConfig | None = None) -> None:
-    """Serve ``runtimes`` (open Runtime objects) until interrupted (Ctrl-C / SIGTERM)."""
+    """Serve ``runtimes`` (open Runtime objects) until SIGINT / SIGTERM, then return after a graceful shutdown."""
     cfg = config or ServeConfig()
-    _uvicorn(create_app(runtimes, cfg), cfg).run()
+    server = _uvicorn(create_app(runtimes, cfg), cfg)
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    # uvicorn re-raises the signal that stopped it once it has shut down, into the handler it found: a
+    # no-op one here, so that the caller's cleanup (closing the runtimes) runs and the process exits 0.
+    saved = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class BackgroundServer:
