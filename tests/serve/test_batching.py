@@ -128,3 +128,19 @@ def test_health_is_503_while_degraded(lm_bundle: Path, tmp_path: Path) -> None:
         except urllib.error.HTTPError as e:
             assert e.code == 503
             assert b'"status":"degraded"' in e.read()
+
+
+def test_batch_size_is_bounded_by_the_engine_profile() -> None:
+    from types import SimpleNamespace
+
+    from edgeq.sdk import ContextLimits
+    from edgeq.sdk.serve.app import Model
+
+    def model(profile: int | None, asked: int | None) -> int:
+        rt = SimpleNamespace(task="text-generation", model="m", context=ContextLimits(max_batch=profile))
+        m = Model(rt, ServeConfig(max_batch=asked))
+        m.batcher.close()
+        return m.max_batch
+
+    assert model(2, None) == 2 and model(2, 8) == 2  # never above what the engine was built for
+    assert model(16, 4) == 4 and model(None, None) == 8 and model(None, 3) == 3

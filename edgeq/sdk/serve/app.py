@@ -63,7 +63,8 @@ class Model:
         want = config.max_batch or profile or DEFAULT_MAX_BATCH
         self.max_batch = min(want, profile) if profile else want
         self.batcher = Batcher(rt, max_batch=self.max_batch, max_queue=config.max_queue,
-                               window_s=config.batch_window_s) if self.generates else None
+                               window_s=config.batch_window_s, merge_window_s=config.merge_window_s
+                               ) if self.generates else None
         self.embed_slot = asyncio.Semaphore(1)  # one encoder inference at a time: it uses every core
         self.embed_waiting = 0
 

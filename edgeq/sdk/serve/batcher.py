@@ -5,6 +5,9 @@ Channel that carries its text piece by piece. The worker thread takes the oldest
 waiting request that samples the same way (greedy ones all batch together), up to ``max_batch`` rows, and
 runs them as one left-padded batch through ``Runtime.generate_requests``. Each row streams on its own
 and ends on its own; a cancelled row (its client disconnected) ends at the next step and frees its slot.
+A running batch takes no new rows, so the next batch waits briefly for the clients of the one that just
+ended (``merge_window_s``): clients that send request after request then share batches instead of
+taking turns.
 
 Where the decode-loop work plugs in (it lands in ``edgeq.sdk.runtime``, not here):
 - chunked prefill: inside the decode loop; ``ContextLimits.max_prompt`` (runtime/context.py) then lifts,
@@ -56,9 +59,13 @@ class Job:
 class Batcher:
     """Batches one model's generation requests. ``submit`` from the event loop; ``close`` to stop."""
 
-    def __init__(self, runtime: Any, *, max_batch: int, max_queue: int, window_s: float = 0.002) -> None:
+    def __init__(self, runtime: Any, *, max_batch: int, max_queue: int, window_s: float = 0.002,
+                 merge_window_s: float = 0.05) -> None:
         self.rt = runtime
-        self.max_batch, self.max_queue, self.window_s = max_batch, max_queue, window_s
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.window_s, self.merge_window_s = window_s, max(merge_window_s, window_s)
+        self._expect = 0  # requests expected for the next batch (see _take)
+        self._ended_at = 0.0
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -66,6 +73,7 @@ class Batcher:
         self.active = 0
         self.rejected = 0
         self.batches = 0
+        self.rows = 0  # rows over all batches: rows / batches is the mean batch size
         self._running: list[Job] = []
         self._thread = threading.Thread(target=self._loop, name=f"edgeq-batcher-{runtime.model}", daemon=True)
         self._thread.start()
@@ -131,15 +139,29 @@ class Batcher:
                 self.active -= 1
 
     def _take(self) -> list[Job] | None:
-        """The next batch: the oldest job plus compatible ones, after waiting ``window_s`` for company."""
+        """The next batch: the oldest job plus compatible ones, after waiting a little for company.
+
+        Every batch waits ``window_s`` for requests arriving together. When the batch that just ended had
+        rows, their clients are likely to send their next requests within milliseconds: the batch then
+        waits up to ``merge_window_s`` after that end for as many as were running or waiting, so that
+        groups of clients merge into one batch instead of taking turns (a running batch takes no rows).
+        """
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
             key = self._pending[0].key
-            until = time.monotonic() + self.window_s
-            while sum(j.key == key for j in self._pending) < self.max_batch and not self._closed:
+            # the merge window counts from the end of the last batch: clients that come back later are not
+            # coming back "together" any more, and a request arriving after a quiet spell never waits for it
+            until_merge = self._ended_at + self.merge_window_s
+            until_base = time.monotonic() + self.window_s
+            want = min(self.max_batch, max(self._expect, 1))
+            while not self._closed:
+                n = sum(j.key == key for j in self._pending)
+                if n >= self.max_batch:
+                    break
+                until = max(until_merge, until_base) if n < want else until_base
                 left = until - time.monotonic()
                 if left <= 0:
                     break
@@ -152,6 +174,7 @@ class Batcher:
                 j.running = True
             self.active += len(batch)
             self.batches += 1
+            self.rows += len(batch)
             self._running = batch
             return batch
 
@@ -166,6 +189,9 @@ class Batcher:
                         self._end(j)
                         j.channel.fail(exc)
             finally:
+                with self._cond:  # the clients of this batch and those who waited for it come next
+                    self._expect = len(batch) + len(self._pending)
+                    self._ended_at = time.monotonic()
                 self._running = []
 
     def _cancel_running(self) -> None:

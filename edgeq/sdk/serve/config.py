@@ -19,8 +19,11 @@ class ServeConfig:
             Runtime engine (no profile). Never above the profile's maximum.
         max_queue: requests waiting for a slot beyond which new ones get 429 (the bound that keeps an
             overloaded device answering instead of queueing without end).
-        batch_window_s: how long the batcher waits for more requests to join a batch once the first arrived;
-            a few ms lets clients that finish together start together (one batch instead of two).
+        batch_window_s: how long every batch waits for more requests once the first arrived (requests
+            arriving together start together).
+        merge_window_s: how long a batch waits, at most, for the clients of the batch that just ended to send
+            their next requests (so that groups of clients merge instead of taking turns); only when they
+            are expected, so a lone client never waits for it.
         default_max_tokens: completion budget when a request names none (capped by the context left).
         max_body_bytes: largest request body read.
         max_embedding_inputs: most texts in one /v1/embeddings request.
@@ -31,6 +34,7 @@ class ServeConfig:
     max_batch: int | None = None
     max_queue: int = 64
     batch_window_s: float = 0.002
+    merge_window_s: float = 0.05
     default_max_tokens: int = 256
     max_body_bytes: int = 1 << 20
     max_embedding_inputs: int = 256
@@ -44,8 +48,9 @@ class ServeConfig:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be >= 1, got {self.max_queue}")
-        if not 0.0 <= self.batch_window_s <= 1.0:
-            raise ConfigError(f"batch_window_s must be in [0, 1] seconds, got {self.batch_window_s}")
+        for name in ("batch_window_s", "merge_window_s"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1] seconds, got {getattr(self, name)}")
         if self.default_max_tokens < 1 or self.max_body_bytes < 1024 or self.max_embedding_inputs < 1:
             raise ConfigError("default_max_tokens >= 1, max_body_bytes >= 1024 and max_embedding_inputs >= 1 "
                               "are required")
