@@ -175,7 +175,7 @@ class Server:
         jobs: list[Job] = []
         try:
             for ids, n in prepared:
-                jobs.append(batcher.submit(ids, cfg, max_new_tokens=n, stop=req.stop_strings()))
+                jobs.append(batcher.submit(ids, cfg, max_new_tokens=n, stop=req.stop_strings(), stream=req.stream))
         except OverloadedError as exc:
             for j in jobs:
                 batcher.cancel(j)

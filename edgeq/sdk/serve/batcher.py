@@ -84,10 +84,15 @@ class Batcher:
 
     # -- the event loop's side -------------------------------------------------------------------
     def submit(self, ids: Sequence[int], config: GenerationConfig, *, max_new_tokens: int,
-               stop: Sequence[str] = (), loop: asyncio.AbstractEventLoop | None = None) -> Job:
-        """Queue one request; raises OverloadedError when ``max_queue`` requests already wait."""
+               stop: Sequence[str] = (), stream: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> Job:
+        """Queue one request; raises OverloadedError when ``max_queue`` requests already wait.
+
+        ``stream=False``: only the result crosses into the event loop, not every piece of text.
+        """
         req = Request(list(ids), max_new_tokens, tuple(stop))
         job = Job(req, Channel(req, loop), config, sampling_key(config))
+        if not stream:
+            req.on_text = None
         finish = req.on_finish
 
         def ended(result: GenerationResult) -> None:

@@ -31,6 +31,27 @@ class _Merged:
         yield from families.values()
 
 
+class _BatchCounts:
+    """edgeq_serve_batches_total and edgeq_serve_batch_rows_total (rows / batches = the mean batch size)."""
+
+    def __init__(self, models: Mapping[str, Any]) -> None:
+        self.batchers = {name: m.batcher for name, m in models.items() if m.batcher is not None}
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        batches = CounterMetricFamily("edgeq_serve_batches", "Batches the server ran", labels=["model"])
+        rows = CounterMetricFamily("edgeq_serve_batch_rows", "Rows over all batches", labels=["model"])
+        for name, b in self.batchers.items():
+            batches.add_metric([name], b.batches)
+            rows.add_metric([name], b.rows)
+        yield batches
+        yield rows
+
+
 class ServeMetrics:
     """The server's registry: runtime metrics, rows decoding, requests waiting, requests refused."""
 
@@ -39,6 +60,7 @@ class ServeMetrics:
 
         r = self.registry = CollectorRegistry(auto_describe=True)
         r.register(_Merged([m.rt.metrics.registry for m in models.values()]))
+        r.register(_BatchCounts(models))
         active = Gauge("edgeq_serve_active_rows", "Rows decoding in the server's batches", ["model"], registry=r)
         waiting = Gauge("edgeq_serve_waiting_requests", "Requests waiting for a batch slot", ["model"], registry=r)
         for name, m in models.items():
