@@ -144,3 +144,11 @@ def test_batch_size_is_bounded_by_the_engine_profile() -> None:
 
     assert model(2, None) == 2 and model(2, 8) == 2  # never above what the engine was built for
     assert model(16, 4) == 4 and model(None, None) == 8 and model(None, 3) == 3
+
+
+def test_a_model_served_twice_is_refused(lm_rt: Runtime) -> None:
+    from edgeq.errors import ConfigError
+    from edgeq.sdk import create_app
+
+    with pytest.raises(ConfigError, match="listed twice"):
+        create_app([lm_rt, lm_rt])

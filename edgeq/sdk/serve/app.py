@@ -99,6 +99,9 @@ class Server:
     def __init__(self, runtimes: Sequence[Any], config: ServeConfig) -> None:
         if not runtimes:
             raise ConfigError("serve needs at least one model")
+        names = [rt.model for rt in runtimes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a model is listed twice: {sorted(names)}")
         self.config = config
         self.models = {rt.model: Model(rt, config) for rt in runtimes}
         self.metrics = ServeMetrics(self.models)
