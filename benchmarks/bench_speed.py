@@ -282,7 +282,7 @@ def bench_overhead(res: Result, quick: bool) -> None:
                 for i in range(n):
                     on.embed(texts[i % len(texts)])
                 mon_t.append((time.perf_counter() - t0) / n)
-            canaries = on.status().get("canaries", None) if hasattr(on, "status") else None
+            canaries = on.status().canaries if hasattr(on, "status") else None
         a, b = statistics.median(off_t), statistics.median(mon_t)
         mov = 100.0 * (b / a - 1.0)
         res.records.append({"what": "monitor_overhead", "off_s": a, "on_s": b, "overhead_pct": mov, "blocks": blocks,

@@ -15,6 +15,7 @@ from edgeq._cli import build as _build
 from edgeq._cli import export as _export
 from edgeq._cli import quantize as _quantize
 from edgeq._cli import run as _run
+from edgeq._cli import serve as _serve
 from edgeq._cli import keys as _keys
 from edgeq._cli import plan as _plan
 from edgeq._cli import store as _store
@@ -30,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (_export, _quantize, _targets, _build, _plan, _keys, _store, _run, _bench):
+for _module in (_export, _quantize, _targets, _build, _plan, _keys, _store, _run, _serve, _bench):
     _module.register(app)
 
 

@@ -186,3 +186,22 @@ class NoBackendError(RuntimeErrorBase):
 
 class DegradedError(RuntimeErrorBase):
     """No usable version of the model is left to serve."""
+
+
+class ContextLengthError(ConfigError):
+    """A prompt plus ``max_new_tokens`` does not fit the engine's context (checked before the first step)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, max_new_tokens: int, limit: int,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.limit = limit
+
+
+class OverloadedError(RuntimeErrorBase):
+    """Too many requests are waiting for the model; retry later (the server answers 429)."""
+
+
+class DeadlineExceededError(RuntimeErrorBase, TimeoutError):
+    """A request with no partial result to return (an embedding) ran past its deadline."""

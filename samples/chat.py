@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Device chat app: a terminal chat over `edgeq.sdk.Runtime.generate`, streaming tokens as they arrive.
+"""Device chat app: a terminal chat over `edgeq.sdk.Runtime.stream`, streaming tokens as they arrive.
 
 Reads user messages from stdin (one per line), keeps the conversation, prints health events
-(canary breaches, fallbacks to the previous version, refused versions) as they happen.
+(canary breaches, fallbacks to the previous version, refused versions) as they happen. When the
+conversation outgrows the engine's context, the oldest turns are dropped (the system prompt stays).
 
     python samples/chat.py --store /var/lib/edgeq --model smollm2-135m
 """
@@ -13,13 +14,27 @@ import argparse
 import sys
 from typing import Any
 
-from edgeq.sdk.health.monitor import MonitorConfig
-from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.errors import ContextLengthError
+from edgeq.sdk import MonitorConfig, Runtime
 
 
 def print_event(event: dict[str, Any]) -> None:
     details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "at", "model"))
     print(f"\n[health] {event['event']}: {details}", file=sys.stderr, flush=True)
+
+
+def fit_history(rt: Runtime, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]]:
+    """The newest turns that fit the context with room for the reply (the system prompt is kept)."""
+    system = [m for m in history[:1] if m["role"] == "system"]
+    turns = history[len(system):]
+    while True:
+        try:
+            rt.encode_prompt(system + turns, max_new_tokens)
+            return system + turns
+        except ContextLengthError:
+            if len(turns) <= 1:
+                raise  # the newest message alone does not fit: say so
+            turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user/assistant pair
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             if not text:
                 continue
             history.append({"role": "user", "content": text})
+            try:
+                history = fit_history(rt, history, args.max_new_tokens)
+            except ContextLengthError as exc:
+                print(f"[error] {exc.message}", file=sys.stderr, flush=True)
+                history.pop()
+                continue
             print("assistant> ", end="", flush=True)
-            stream = rt.generate(history, args.max_new_tokens, temperature=args.temperature, stream=True)
+            stream = rt.stream(history, args.max_new_tokens, temperature=args.temperature)
             for piece in stream:
                 print(piece, end="", flush=True)
             reply = stream.result
@@ -50,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             history.append({"role": "assistant", "content": reply.text})
         status = rt.status()
-        print(f"[status] version={status['version']} degraded={status['degraded']} "
-              f"fallbacks={status['fallbacks']}", file=sys.stderr)
+        print(f"[status] version={status.version} degraded={status.degraded} "
+              f"fallbacks={status.fallbacks}", file=sys.stderr)
     return 0
 
 

@@ -19,8 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.sdk.health.monitor import MonitorConfig
-from edgeq.sdk.runtime.runtime import Runtime
+from edgeq.sdk import MonitorConfig, Runtime
 
 MAX_BODY = 1 << 20
 MAX_TEXTS = 256
@@ -40,7 +39,7 @@ def make_handler(rt: Runtime) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path == "/healthz":
-                st = rt.status()
+                st = rt.status().to_dict()
                 body = {"status": "degraded" if st["degraded"] else "ok", "version": st["version"],
                         "backend": st["backend"], "fallbacks": st["fallbacks"], "last_canary": st["last_canary"]}
                 self._json(503 if st["degraded"] else 200, body)

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         """Add a bundle to a TUF repository (or --refresh its timestamp)."""
         from edgeq.converters import publish as pub
         from edgeq.errors import ConfigError
-        from edgeq.sdk.bundle.signing import TrustedKeys
+        from edgeq.sdk import TrustedKeys
 
         if refresh:
             console.print(f"timestamp re-signed (version {pub.refresh(repo, keys_dir=keys)})")

@@ -16,10 +16,9 @@ ModelName = Annotated[str | None, typer.Option("--model", "-m", help="model name
 Threads = Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores)")]
 
 
-def _open(store: Path, model: str | None, threads: int, monitor: bool):  # type: ignore[no-untyped-def]
-    from edgeq.sdk.runtime.backends import BackendOptions
-    from edgeq.sdk.health.monitor import MonitorConfig
-    from edgeq.sdk.runtime.runtime import Runtime
+def open_runtime(store: Path, model: str | None, threads: int, monitor: bool):  # type: ignore[no-untyped-def]
+    """The Runtime for `edgeq run` / `embed` / `serve`, printing health events to stderr."""
+    from edgeq.sdk import BackendOptions, MonitorConfig, Runtime
 
     def show(ev: dict) -> None:  # type: ignore[type-arg]
         err_console.print(f"[yellow]health[/yellow] {ev['event']}: "
@@ -46,11 +45,11 @@ def register(app: typer.Typer) -> None:
         monitor: Annotated[bool, typer.Option("--monitor/--no-monitor")] = True,
     ) -> None:
         """Generate text from a causal LM in the store, streaming tokens as they come."""
-        with _open(store, model, threads, monitor) as rt:
-            tok = rt._current.tokenizer
+        with open_runtime(store, model, threads, monitor) as rt:
+            tok = rt.tokenizer
             message = [{"role": "user", "content": prompt}] if chat and tok is not None and tok.chat_template else prompt
-            stream = rt.generate(message, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                 stop=tuple(stop or ()), seed=seed, stream=True)
+            stream = rt.stream(message, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                               stop=tuple(stop or ()), seed=seed)
             for piece in stream:
                 console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             console.print()
@@ -67,7 +66,7 @@ def register(app: typer.Typer) -> None:
         threads: Threads = 0,
     ) -> None:
         """Print sentence embeddings (JSON, one list per text) from an encoder in the store."""
-        with _open(store, model, threads, monitor=False) as rt:
+        with open_runtime(store, model, threads, monitor=False) as rt:
             vectors = rt.embed(texts)
         console.print_json(json.dumps({"model": rt.model, "version": rt.version, "dim": int(vectors.shape[1]),
                                        "embeddings": [[round(float(x), 6) for x in v] for v in vectors]}))

@@ -11,14 +11,14 @@ from rich.table import Table
 from edgeq._cli.common import StoreOpt, console
 
 if TYPE_CHECKING:
-    from edgeq.sdk.store.store import Store
+    from edgeq.sdk import Store
 
 TrustOpt = Annotated[list[Path] | None, typer.Option("--trust", help="trust this publisher public key (persisted in the store)")]
 
 
 def _store(store: Path, trust: list[Path] | None = None):  # type: ignore[no-untyped-def]
     """The store at ``store``, created when missing (install and pull start new stores)."""
-    from edgeq.sdk.store.store import Store
+    from edgeq.sdk import Store
 
     return Store(store, trusted_keys=trust or [])
 
@@ -26,7 +26,8 @@ def _store(store: Path, trust: list[Path] | None = None):  # type: ignore[no-unt
 def _existing_store(store: Path):  # type: ignore[no-untyped-def]
     """The store at ``store``; a missing one is an error (a typo must not create an empty store)."""
     from edgeq.errors import NotInstalledError
-    from edgeq.sdk.store.store import CONFIG_NAME, Store
+    from edgeq.sdk import STORE_CONFIG_NAME as CONFIG_NAME
+    from edgeq.sdk import Store
 
     if not (store / CONFIG_NAME).is_file():
         raise NotInstalledError(f"no device store at {store}", hint="check --store / EDGEQ_STORE")
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
         trust: TrustOpt = None,
     ) -> None:
         """Update from a TUF repository and install the newest bundles through the store."""
-        from edgeq.sdk.store.update import pull as do_pull
+        from edgeq.sdk import pull as do_pull
 
         for r in do_pull(url, _store(store, trust), root=root, models=model, allow_downgrade=allow_downgrade):
             console.print(f"{r.model} v{r.version}: {r.action}")

@@ -57,7 +57,9 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
             bos_token_id=cfg.bos_token_id,
         )
     else:
-        info.update(pooling=loaded.pooling, normalize=loaded.normalize, hidden_size=cfg.hidden_size)
+        # max_position_embeddings: the context the runtime checks requests against (512 for BERT)
+        info.update(pooling=loaded.pooling, normalize=loaded.normalize, hidden_size=cfg.hidden_size,
+                    max_position_embeddings=getattr(cfg, "max_position_embeddings", None))
     return info
 
 

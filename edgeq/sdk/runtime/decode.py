@@ -55,6 +55,14 @@ class GenerationResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     version: int | None = None
+    # Added with the serving API (issue 16). finish_reason may also be "deadline" (the request's deadline
+    # passed; text holds what was generated) or "cancelled" (Request.cancel / task.cancel()).
+    #: prompt tokens dropped from the start by truncate="left" (prompt_tokens counts what was kept)
+    truncated_tokens: int = 0
+    #: seconds from submission until its batch started (waiting for a slot in the server's batcher)
+    queue_s: float = 0.0
+    #: seconds from submission until this row finished (queue + prefill + its decode steps)
+    total_s: float = 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:

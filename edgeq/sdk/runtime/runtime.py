@@ -7,8 +7,12 @@ and swaps it in atomically for new requests while requests already running finis
 No usable previous version → keep serving the current one and report ``degraded``.
 
     with Runtime.open("/var/lib/edgeq", "smollm2-135m") as rt:
-        for piece in rt.generate([{"role": "user", "content": "Hi"}], stream=True):
+        for piece in rt.stream([{"role": "user", "content": "Hi"}]):
             print(piece, end="")
+        result = rt.generate("The capital of France is", max_new_tokens=8)   # a GenerationResult
+
+The request API (``generate``, ``stream``, their asyncio forms, and its return contract) is in
+``edgeq.sdk.runtime.api``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from edgeq.errors import (
 )
 from edgeq.sdk.runtime.backends import BackendOptions
 from edgeq.sdk.health.canary import drift, run_canary
-from edgeq.sdk.runtime.decode import GenerationConfig
-from edgeq.sdk.runtime.generation import Generation
+from edgeq.sdk.runtime.api import GenerateAPI
+from edgeq.sdk.runtime.context import ContextLimits, engine_limits
+from edgeq.sdk.runtime.status import RuntimeStatus
 from edgeq.sdk.bundle.health import Verdict
 from edgeq.sdk.runtime.loader import Handle, load_version
 from edgeq.sdk.health.metrics import RuntimeMetrics
@@ -50,12 +55,13 @@ EventCallback = Callable[[dict[str, Any]], None]
 _LOAD_ERRORS = (BundleError, NoBackendError)
 
 
-class Runtime:
-    """Serves one model. Thread-safe: call ``generate``/``embed``/``infer`` from many threads."""
+class Runtime(GenerateAPI):
+    """Serves one model. Thread-safe: call ``generate``/``embed``/``infer`` from many threads (``generate``,
+    ``stream`` and their asyncio forms come from GenerateAPI)."""
 
     def __init__(self, catalog: VersionCatalog, *, backend: BackendOptions | None = None,
                  monitor: MonitorConfig | None = None, on_event: EventCallback | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
         self.catalog = catalog
         self.model = catalog.model
         self.options = backend or BackendOptions()
@@ -71,7 +77,8 @@ class Runtime:
         self._closed = False
         self._current: Handle = self._load_first()
         self._bind(self._current)
-        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
+        self.metrics_host = metrics_host
+        self.metrics_port = self.metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
         self.monitor.start()
 
     # -- construction ----------------------------------------------------------------------------
@@ -79,7 +86,8 @@ class Runtime:
     def open(cls, store_dir: str | os.PathLike[str], model_name: str | None = None, *,
              trusted_keys: Sequence[Any] | None = None,
              backend: BackendOptions | None = None, monitor: MonitorConfig | None = None,
-             on_event: EventCallback | None = None, metrics_port: int | None = None) -> Runtime:
+             on_event: EventCallback | None = None, metrics_port: int | None = None,
+             metrics_host: str = "127.0.0.1") -> Runtime:
         """Open ``model_name`` from the store at ``store_dir`` (or serve a bundle directory in place).
 
         Args:
@@ -91,7 +99,8 @@ class Runtime:
             backend: backend choice and threads (default: best available, library default threads).
             monitor: canary schedule and threshold overrides (default: the bundle's thresholds).
             on_event: called with each health event (fallback, refused, degraded, breach).
-            metrics_port: serve Prometheus metrics on 127.0.0.1:port (0 = any free port).
+            metrics_port: serve Prometheus metrics on metrics_host:port (0 = any free port).
+            metrics_host: the address the metrics server binds (loopback unless told otherwise).
         """
         root = Path(store_dir)
         if (root / "manifest.json").is_file():
@@ -112,7 +121,8 @@ class Runtime:
                                         "`edgeq install` creates a store")
 
             catalog = StoreCatalog(Store(root, trusted_keys=trusted_keys), model_name)
-        return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port)
+        return cls(catalog, backend=backend, monitor=monitor, on_event=on_event, metrics_port=metrics_port,
+                   metrics_host=metrics_host)
 
     def __enter__(self) -> Runtime:
         return self
@@ -217,6 +227,21 @@ class Runtime:
     @property
     def task(self) -> str:
         return self._current.info.task
+
+    @property
+    def tokenizer(self) -> Any:
+        """The serving version's DeviceTokenizer (None for a bundle without one)."""
+        return self._current.tokenizer
+
+    @property
+    def context(self) -> ContextLimits:
+        """What one request may use on the serving engine (context, prefill and batch maxima)."""
+        return self._limits(self._current)
+
+    @staticmethod
+    def _limits(h: Handle) -> ContextLimits:
+        engine = type(h.backend).match(h.files)
+        return engine_limits(h.info, h.files.manifest, engine.flavour if engine is not None else "onnx")
 
     # -- events --------------------------------------------------------------------------------------
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -391,41 +416,13 @@ class Runtime:
         emb = raw / np.maximum(norms[:, None], 1e-12) if do_norm else raw
         return emb[0] if single else emb
 
-    # -- generation -------------------------------------------------------------------------------------
-    def generate(self, prompt: Any, max_new_tokens: int = 128, *, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, stop: Sequence[str] = (), seed: int | None = None, stream: bool = False,
-                 config: GenerationConfig | None = None) -> Any:
-        """Generate text for a prompt, a chat (list of {"role", "content"}), or a batch of either.
-
-        Returns a GenerationResult (a list of them for a batch); with ``stream=True`` (one prompt only)
-        an iterator of text pieces whose ``result`` holds the GenerationResult once it is exhausted.
-        Greedy by default (temperature 0); ``stop`` strings end the text before them.
-        """
-        cfg = config or GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         top_k=top_k, stop=tuple(stop), seed=seed)
-        is_batch = isinstance(prompt, (list, tuple)) and bool(prompt) and not isinstance(prompt[0], Mapping)
-        prompts = list(prompt) if is_batch else [prompt]
-        if stream and is_batch:
-            raise ConfigError("stream=True takes one prompt; call generate once per prompt to stream several")
-        gen = Generation(self.model, prompts, cfg, acquire=self._acquire, release=self._release,
-                         metrics=self.metrics, monitor=self.monitor)
-        if stream:
-            return gen
-        for _ in gen:
-            pass
-        return gen.results if is_batch else gen.results[0]
-
     # -- status ------------------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """What is serving and how healthy it is (the app's view; `edgeq status` shows the store's)."""
+    def status(self) -> RuntimeStatus:
+        """What is serving and how healthy it is (``.to_dict()`` for JSON; `edgeq status` shows the store's)."""
         h = self._current
-        return {
-            "model": self.model, "version": h.version, "backend": h.backend.description, "task": h.info.task,
-            "degraded": self.degraded, "fallbacks": self.fallbacks, "canaries": self.monitor.canaries,
-            "last_canary": None if self.last_verdict is None else {
-                "ok": self.last_verdict.ok, "scores": self.last_verdict.scores,
-                "limits": self.last_verdict.limits, "breaches": list(self.last_verdict.breaches)},
-            "health_data": h.spec is not None, "nonfinite_outputs": self.monitor.nonfinite,
-            "latency": self.monitor.latency_percentiles(), "online": self.monitor.online_summary(),
-        }
-
+        return RuntimeStatus(
+            model=self.model, version=h.version, backend=h.backend.description, task=h.info.task,
+            degraded=self.degraded, fallbacks=self.fallbacks, canaries=self.monitor.canaries,
+            last_canary=self.last_verdict, health_data=h.spec is not None,
+            nonfinite_outputs=self.monitor.nonfinite, latency=self.monitor.latency_percentiles(),
+            online=self.monitor.online_summary(), context=self._limits(h))

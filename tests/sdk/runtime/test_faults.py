@@ -112,7 +112,7 @@ def test_drift_is_detected_and_rolled_back_under_load(kind: str, lm_store: Path,
             assert _wait(lambda: load.completed > 50)
             bad = _inject(kind, rt, drifted_onnx)
             at_injection = rt.requests_served
-            canaries_at_injection = rt.status()["canaries"]  # counts a canary already in flight
+            canaries_at_injection = rt.status().canaries  # counts a canary already in flight
             assert _wait(lambda: rt.version == 1), f"{kind} not detected: {rt.status()}"
             breach = next(e for e in events if e["event"] == "breach")
             detected_after = breach["requests_served"] - at_injection
@@ -126,7 +126,7 @@ def test_drift_is_detected_and_rolled_back_under_load(kind: str, lm_store: Path,
         assert breach["canary"] <= canaries_at_injection + 1, (breach["canary"], canaries_at_injection)
         assert detected_after <= 20 * EVERY, detected_after
         assert load.versions[-1] == 1 and 2 in load.versions
-        assert rt.status()["fallbacks"] == 1 and not rt.status()["degraded"]
+        assert rt.status().fallbacks == 1 and not rt.status().degraded
     store = Store(lm_store)
     assert store.active(MODEL).version == 1
     assert store.version(MODEL, 2).bad
@@ -162,9 +162,9 @@ def test_normal_traffic_never_falls_back(lm_store: Path) -> None:
         assert _wait(lambda: rt.monitor._reason is None)
         st = rt.status()
         assert errors == []
-        assert st["fallbacks"] == 0 and st["version"] == 2 and not st["degraded"]
-        assert st["canaries"] >= 100, st["canaries"]  # the monitor really ran
-        assert st["last_canary"]["ok"]
+        assert st.fallbacks == 0 and st.version == 2 and not st.degraded
+        assert st.canaries >= 100, st.canaries  # the monitor really ran
+        assert st.last_canary.ok
         assert rt.requests_served == 10_000
     assert Store(lm_store).active(MODEL).version == 2
 
@@ -202,7 +202,7 @@ def test_no_usable_previous_keeps_serving_degraded(lm_bundles: dict[int, Path], 
             rt.infer(feeds)  # keeps serving
         assert _wait(lambda: rt.degraded is not None)
         rt.infer(feeds)
-        assert rt.version == 1 and rt.status()["degraded"]
+        assert rt.version == 1 and rt.status().degraded
         assert b"edgeq_degraded" in rt.metrics.render()
     assert [e["event"] for e in events].count("degraded") == 1
     # the only version is corrupt at the next start: nothing to serve → a typed error, not a crash

@@ -47,7 +47,7 @@ def test_metrics_and_status(lm_store: Path) -> None:
         assert 'edgeq_requests_total{kind="generate",model="tiny-llama"} 2.0' in text
         assert 'edgeq_active_version{model="tiny-llama"} 2.0' in text
         st = rt.status()
-        assert st["version"] == 2 and st["last_canary"]["ok"] and set(st["latency"]) == {"p50_ms", "p95_ms", "p99_ms"}
+        assert st.version == 2 and st.last_canary.ok and set(st.latency) == {"p50_ms", "p95_ms", "p99_ms"}
     summary = health_summary(Store(lm_store), MODEL)
     assert summary["active"] == 2 and summary["bad"] == {} and not summary["degraded"]
 
