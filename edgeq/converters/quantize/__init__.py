@@ -14,3 +14,6 @@ from edgeq.converters.quantize.config import SCHEMES, QuantConfig, get_config
 
 __all__ = ["quantize", "get_config", "SCHEMES", "QuantizeResult", "QuantConfig", "AccuracyBudget",
            "QUANT_CONFIG", "QUANT_REPORT"]
+
+# registers the "prequantized" scheme (a pre-quantized checkpoint's published weights, kept exactly)
+from edgeq.converters.prequant import scheme as _prequant_scheme  # noqa: E402,F401

@@ -1,0 +1,151 @@
+"""The ``prequantized`` scheme: a checkpoint's published weights become fixed LinearPlans, not re-quantized.
+
+INT4 (AWQ GEMM, compressed-tensors pack-quantized): the signed codes go into the INT4 DequantizeLinear as
+they are, the published scales become its scales, and zero points become the offsets ``-zero * scale`` of
+edgeq's exact correction term (TensorRT takes no INT4 zero points), so ``q * s + o = (q - zero) * s``.
+FP8 (fine-grained, compressed-tensors float-quantized): the E4M3 bytes go into the FP8 DequantizeLinear as
+they are. ONNX DequantizeLinear blocks along one axis only, so a ``[128, 128]`` block scale is written once
+per output row and 128-input block (the scale of the row's block, repeated: the same numbers, an exact
+rewrite); per-channel and per-tensor scales become per-channel scales. Activations of FP8 layers get
+calibrated static per-tensor FP8 scales (what TensorRT's FP8 GEMMs take; a checkpoint's published static
+``input_scale`` is kept instead), or none with ``fp8_activations="none"``; the checkpoint's own dynamic
+per-token-group activation scheme has no standard ONNX form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgeq.converters.prequant.formats import PublishedLinear
+from edgeq.converters.quantize.calibrate import iterate_blocks
+from edgeq.converters.quantize.config import ACT_CALIB_METHODS, QuantConfig, register_scheme
+from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax
+from edgeq.converters.quantize.registry import QuantContext, register_quantizer
+from edgeq.errors import ConfigError, QuantizationError
+
+FP8_ACTIVATIONS = ("static", "none")
+
+
+@register_scheme("prequantized")
+@dataclass(frozen=True)
+class PrequantizedConfig(QuantConfig):
+    """Keep a pre-quantized checkpoint's published weights exactly (see the module docstring).
+
+    Args:
+        quantize_lm_head: on by default here: a head the checkpoint publishes quantized stays as published
+            (a head it left in FP stays FP either way).
+        fp8_activations: ``static`` (calibrated per-tensor FP8 scales on FP8 layers' inputs, W8A8) or ``none``
+            (weight-only FP8).
+        act_calib / percentile: how ``static`` scales are calibrated (as the ``fp8`` scheme).
+        max_kl / min_cosine: the ONNX is checked against the dequantized FP model, which it equals up to
+            activation quantization and summation order.
+    """
+
+    quantize_lm_head: bool = True
+    fp8_activations: str = "static"
+    act_calib: str = "max"
+    percentile: float = 99.99
+    max_kl: float = 0.1
+    min_cosine: float = 0.99
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fp8_activations not in FP8_ACTIVATIONS:
+            raise ConfigError(f"fp8_activations must be one of {FP8_ACTIVATIONS}, got {self.fp8_activations!r}")
+        if self.act_calib not in ("max", "percentile"):
+            raise ConfigError(f"act_calib must be max or percentile here (of {ACT_CALIB_METHODS}), got {self.act_calib!r}")
+        if not 90.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}")
+
+    @property  # type: ignore[override]
+    def needs_calibration(self) -> bool:
+        return self.fp8_activations == "static"
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    """The largest power of two dividing both ``n`` and ``cap``."""
+    g = math.gcd(n, cap)
+    return g & -g
+
+
+def published_plan(p: PublishedLinear) -> LinearPlan:
+    """The fixed LinearPlan of one published linear (QuantizationError when ONNX cannot hold it exactly)."""
+    out_f, in_f = p.q.shape
+    info: dict[str, Any] = {"published": True, "checkpoint_block": list(p.block),
+                            "scale_dtype": str(p.scale.dtype).removeprefix("torch.")}
+    if p.kind == "int4":
+        group = p.block[1]
+        if group < 16 or group & (group - 1) or in_f % group:
+            raise QuantizationError(
+                f"{p.name}: INT4 group size {group} cannot be kept (ONNX Runtime and TensorRT take power-of-two "
+                f"blocks >= 16 dividing the input size {in_f})",
+                hint="re-quantize instead: pick an edgeq scheme with --precision/--scheme")
+        scale = p.scale.float()
+        offset = None if p.zero is None else -p.zero.float() * scale  # exact: integer times a 16-bit scale
+        return LinearPlan(p.name, "int4", p.q, scale, block_size=group, offset=offset, info=info)
+    rows = p.scale.float().repeat_interleave(p.block[0], 0)[:out_f]  # [out, ceil(in / block)]
+    if p.block[1] >= in_f:  # per channel or per tensor: one scale per output row
+        return LinearPlan(p.name, "fp8", p.q, rows[:, 0].contiguous(), info=info)
+    block = _pow2_divisor(in_f, p.block[1])
+    if block < p.block[1]:
+        # a partial last block has no exact 1-D form at this block size: smaller blocks, the scales repeated
+        info["onnx_block_note"] = f"input size {in_f} is not a multiple of {p.block[1]}: written as blocks of {block}"
+        rows = rows.repeat_interleave(p.block[1] // block, 1)[:, : in_f // block]
+    info["onnx_block"] = [1, block]
+    return LinearPlan(p.name, "fp8", p.q, rows.contiguous(), block_size=block, info=info)
+
+
+@register_quantizer(PrequantizedConfig)
+def keep_published(ctx: QuantContext) -> dict[str, LinearPlan]:
+    published = ctx.loaded.published
+    if published is None:
+        raise QuantizationError(f"{ctx.loaded.name} is not a pre-quantized checkpoint: scheme prequantized has "
+                                "nothing to keep", hint="pick a quantization scheme (int4-awq, fp8, ...)")
+    cfg: PrequantizedConfig = ctx.cfg
+    plans = {n: published_plan(published.linears[n]) for n in ctx.linears if n in published.linears}
+    if not plans:
+        raise QuantizationError(f"none of {ctx.loaded.name}'s published linears is left to keep",
+                                hint="check keep_fp16 globs")
+    fp8 = [n for n, p in plans.items() if p.kind == "fp8"]
+    act_source = "none"
+    if fp8 and cfg.fp8_activations == "static":
+        act_source = _fp8_act_scales(ctx, {n: plans[n] for n in fp8}, published)
+    ctx.stats["prequantized"] = {
+        **published.summary(),
+        "kept_exactly": len(plans),
+        "dequantized_in_fp": sorted(set(published.linears) - set(plans)),  # kept FP by keep_fp16 / head
+        "not_published": sorted(set(ctx.linears) - set(published.linears)),  # the checkpoint left them FP
+        "fp8_activations": act_source,
+    }
+    return plans
+
+
+def _fp8_act_scales(ctx: QuantContext, plans: dict[str, LinearPlan], published: Any) -> str:
+    """Set static per-tensor activation scales on FP8 plans: the published ``input_scale`` where the
+    checkpoint has one, else calibrated (max or percentile of |x|, as the ``fp8`` scheme)."""
+    given = {n: published.linears[n].act_scale for n in plans if published.linears[n].act_scale is not None}
+    for n, s in given.items():
+        plans[n].act_scale = float(s)
+    todo = set(plans) - set(given)
+    if todo:
+        if ctx.calib is None:
+            raise QuantizationError("static FP8 activation scales need calibration data")
+        amax: dict[str, float] = {}
+        for _i, _path, _block, collect, advance in iterate_blocks(ctx.loaded, ctx.calib.calib):
+            for name, x in collect().items():
+                if name in todo:
+                    amax[name] = act_amax(x, ctx.cfg.act_calib, ctx.cfg.percentile)
+            advance()
+        for n in todo & set(amax):
+            plans[n].act_scale = max(amax[n], 1e-8) / ACT_QMAX["fp8"]
+            plans[n].info["act_amax"] = amax[n]
+    return "published input_scale" if given and not todo else "calibrated static per-tensor" if not given else "mixed"
+
+
+def dequantized_linears(published: Any) -> dict[str, torch.Tensor]:
+    """Each published linear's exact FP32 weight (what the loaded model holds), for checks."""
+    return {n: p.dequant() for n, p in published.linears.items()}
