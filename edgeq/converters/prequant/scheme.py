@@ -8,8 +8,11 @@ they are. ONNX DequantizeLinear blocks along one axis only, so a ``[128, 128]`` 
 per output row and 128-input block (the scale of the row's block, repeated: the same numbers, an exact
 rewrite); per-channel and per-tensor scales become per-channel scales. Activations of FP8 layers get
 calibrated static per-tensor FP8 scales (what TensorRT's FP8 GEMMs take; a checkpoint's published static
-``input_scale`` is kept instead), or none with ``fp8_activations="none"``; the checkpoint's own dynamic
-per-token-group activation scheme has no standard ONNX form.
+``input_scale`` is kept instead) where the weight scales are per channel or per tensor; block-scaled FP8
+weights stay weight-only (W8A16) by default, because TensorRT-RTX 1.7 fails to build an FP8 GEMM whose weight
+DequantizeLinear is blocked (Myelin ``CHECK(is_constant())``, measured on tiny Llama for sm89; the
+weight-only form builds). The checkpoint's own dynamic per-token-group activation scheme has no standard
+ONNX form.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax
 from edgeq.converters.quantize.registry import QuantContext, register_quantizer
 from edgeq.errors import ConfigError, QuantizationError
 
-FP8_ACTIVATIONS = ("static", "none")
+FP8_ACTIVATIONS = ("auto", "static", "none")
 
 
 @register_scheme("prequantized")
@@ -38,15 +41,16 @@ class PrequantizedConfig(QuantConfig):
     Args:
         quantize_lm_head: on by default here: a head the checkpoint publishes quantized stays as published
             (a head it left in FP stays FP either way).
-        fp8_activations: ``static`` (calibrated per-tensor FP8 scales on FP8 layers' inputs, W8A8) or ``none``
-            (weight-only FP8).
+        fp8_activations: ``auto`` (default: ``static`` for per-channel/per-tensor FP8 weights, ``none`` for
+            block-scaled ones), ``static`` (per-tensor FP8 scales on FP8 layers' inputs, W8A8: calibrated, or
+            the checkpoint's ``input_scale``) or ``none`` (weight-only FP8).
         act_calib / percentile: how ``static`` scales are calibrated (as the ``fp8`` scheme).
         max_kl / min_cosine: the ONNX is checked against the dequantized FP model, which it equals up to
             activation quantization and summation order.
     """
 
     quantize_lm_head: bool = True
-    fp8_activations: str = "static"
+    fp8_activations: str = "auto"
     act_calib: str = "max"
     percentile: float = 99.99
     max_kl: float = 0.1
@@ -63,7 +67,7 @@ class PrequantizedConfig(QuantConfig):
 
     @property  # type: ignore[override]
     def needs_calibration(self) -> bool:
-        return self.fp8_activations == "static"
+        return self.fp8_activations != "none"
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -110,9 +114,10 @@ def keep_published(ctx: QuantContext) -> dict[str, LinearPlan]:
     if not plans:
         raise QuantizationError(f"none of {ctx.loaded.name}'s published linears is left to keep",
                                 hint="check keep_fp16 globs")
-    fp8 = [n for n, p in plans.items() if p.kind == "fp8"]
-    act_source = "none"
-    if fp8 and cfg.fp8_activations == "static":
+    fp8 = [n for n, p in plans.items() if p.kind == "fp8"
+           and (cfg.fp8_activations == "static" or (cfg.fp8_activations == "auto" and plans[n].block_size is None))]
+    act_source = "none (weight-only)"
+    if fp8:
         act_source = _fp8_act_scales(ctx, {n: plans[n] for n in fp8}, published)
     ctx.stats["prequantized"] = {
         **published.summary(),
@@ -149,3 +154,16 @@ def _fp8_act_scales(ctx: QuantContext, plans: dict[str, LinearPlan], published: 
 def dequantized_linears(published: Any) -> dict[str, torch.Tensor]:
     """Each published linear's exact FP32 weight (what the loaded model holds), for checks."""
     return {n: p.dequant() for n, p in published.linears.items()}
+
+
+def prequantized_config(compute_dtype: str, overrides: dict[str, Any]) -> PrequantizedConfig:
+    """The ``prequantized`` config a build uses; options of other schemes (``block_size``: the checkpoint's
+    own group size wins) are dropped with a warning, never silently."""
+    import dataclasses
+    import logging
+
+    known = {f.name for f in dataclasses.fields(PrequantizedConfig)}
+    dropped = sorted(set(overrides) - known)
+    if dropped:
+        logging.getLogger(__name__).warning("keeping the checkpoint's published weights: ignoring %s", dropped)
+    return PrequantizedConfig(**{"compute_dtype": compute_dtype, **{k: v for k, v in overrides.items() if k in known}})
