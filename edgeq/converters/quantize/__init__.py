@@ -17,3 +17,5 @@ __all__ = ["quantize", "get_config", "SCHEMES", "QuantizeResult", "QuantConfig",
 
 # registers the "prequantized" scheme (a pre-quantized checkpoint's published weights, kept exactly)
 from edgeq.converters.prequant import scheme as _prequant_scheme  # noqa: E402,F401
+# registers "fp8-block" (FP8 with 128x128 block scales, for fine-grained FP8 checkpoints out)
+from edgeq.converters.hf_checkpoint import fp8_block as _fp8_block_scheme  # noqa: E402,F401
