@@ -15,7 +15,6 @@ from edgeq.errors import CorruptWeightsError, UnsupportedArchitectureError
 
 from .prequant_writers import write_awq_gemm, write_compressed_tensors, write_fp8_block
 
-pytest.importorskip("compressed_tensors", reason="the reference dequantizers are compressed-tensors' own")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ WRITERS = {
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("compressed_tensors")
     base = load_model("tiny-llama")
     root = tmp_path_factory.mktemp("prequant")
     return {k: fn(base, root / k) for k, fn in WRITERS.items()}
