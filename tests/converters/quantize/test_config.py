@@ -9,7 +9,7 @@ import pytest
 from edgeq.converters.quantize import SCHEMES, QuantConfig, get_config
 from edgeq.errors import ConfigError
 
-EXPECTED = {"fp16", "fp8", "int8", "int8-wo", "int4-awq", "int4-rtn"}
+EXPECTED = {"fp16", "fp8", "int8", "int8-wo", "int4-awq", "int4-rtn", "prequantized", "fp8-block"}
 
 
 def test_scheme_names() -> None:
