@@ -92,8 +92,9 @@ def write_awq_gemm(loaded: Any, out: Path, group: int = 128) -> Path:
 
 
 def write_compressed_tensors(loaded: Any, out: Path, kind: str, symmetric: bool = False, group: int = 64) -> Path:
-    """compressed-tensors' own writer: ``int4`` (pack-quantized, group strategy) or ``fp8`` (float-quantized,
-    per-channel weights + static per-tensor input scale), on a bf16 copy of the model."""
+    """compressed-tensors' own writer: ``int4`` (pack-quantized, group strategy), ``fp8`` (float-quantized,
+    per-channel weights + static per-tensor input scale) or ``fp8-block`` (float-quantized 128x128 blocks,
+    dynamic activations: llm-compressor's FP8_BLOCK preset), on a bf16 copy of the model."""
     import copy
 
     from compressed_tensors.compressors import ModelCompressor
@@ -106,9 +107,13 @@ def write_compressed_tensors(loaded: Any, out: Path, kind: str, symmetric: bool 
     if kind == "int4":
         wargs = QuantizationArgs(num_bits=4, type="int", strategy="group", group_size=group, symmetric=symmetric)
         iargs, fmt = None, "pack-quantized"
-    else:
+    elif kind == "fp8":
         wargs = QuantizationArgs(num_bits=8, type="float", strategy="channel", symmetric=True)
         iargs = QuantizationArgs(num_bits=8, type="float", strategy="tensor", symmetric=True, dynamic=False)
+        fmt = "float-quantized"
+    else:
+        wargs = QuantizationArgs(num_bits=8, type="float", strategy="block", block_structure=[128, 128], symmetric=True)
+        iargs = QuantizationArgs(num_bits=8, type="float", strategy="group", group_size=128, symmetric=True, dynamic=True)
         fmt = "float-quantized"
     qcfg = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=wargs,
                                                                            input_activations=iargs)},
@@ -122,6 +127,10 @@ def write_compressed_tensors(loaded: Any, out: Path, kind: str, symmetric: bool 
         if kind == "int4":
             wb = w.reshape(w.shape[0], -1, group)
             s, z = calculate_qparams(wb.amin(-1), wb.amax(-1), wargs)
+        elif kind == "fp8-block":
+            o, i = w.shape
+            pw = torch.nn.functional.pad(w, (0, -i % 128, 0, -o % 128)).reshape(-(-o // 128), 128, -(-i // 128), 128)
+            s, z = calculate_qparams(pw.amin(dim=(1, 3)), pw.amax(dim=(1, 3)), wargs)
         else:
             s, z = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True), wargs)
             m.input_scale.data.copy_(torch.rand(1, generator=g) * 0.02 + 0.01)

@@ -157,6 +157,26 @@ def test_fine_grained_fp8_matches_the_fp8_block_dequantizer(written) -> None:
         transformers.AutoModelForCausalLM.from_pretrained(res.out_dir)
 
 
+def test_fp8_block_plans_as_compressed_tensors_blocks(written, tmp_path: Path) -> None:
+    """The same block plans as compressed-tensors float-quantized, strategy block (llm-compressor's FP8_BLOCK)."""
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    from edgeq.converters.hf_checkpoint.api import write_checkpoint
+
+    res = written["fp8-block"]
+    write_checkpoint(res.quantized.loaded, res.quantized.plans, tmp_path, hf_config_for("hf"))
+    qc = QuantizationConfig.model_validate(json.loads((tmp_path / "config.json").read_text())["quantization_config"])
+    files = _files(tmp_path)
+    for group in qc.config_groups.values():
+        assert group.weights.strategy == "block" and group.weights.block_structure == [128, 128]
+        assert group.input_activations is None  # weight-only, as the ONNX
+    args = next(iter(qc.config_groups.values())).weights
+    for name, plan in res.quantized.plans.items():
+        w = dequantize(files[f"{name}.weight"], files[f"{name}.weight_scale"], args=args)
+        assert torch.equal(w, plan.dequant()), name
+
+
 def test_prequantized_awq_round_trips_bit_exact(tiny, tmp_path: Path) -> None:
     """An AWQ checkpoint read by edgeq and written back out as AWQ has the very same qweight/qzeros/scales."""
     src = write_awq_gemm(tiny, tmp_path / "src")

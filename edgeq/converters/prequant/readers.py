@@ -165,15 +165,15 @@ def _read_ct_float(src: TensorSource, fmt: QuantFormat) -> dict[str, PublishedLi
             continue  # a module quantized some other way under a second group: left to the FP path
         scale = src.get(f"{m}.weight_scale")
         out_f, in_f = q.shape
-        if scale.numel() == 1:
+        found = _ct_block(fmt)
+        if found is not None and scale.dim() == 2 and tuple(scale.shape) == (-(-out_f // found[0]), -(-in_f // found[1])):
+            block = found
+        elif scale.numel() == 1:
             block, scale = (out_f, in_f), scale.reshape(1, 1)
         elif scale.dim() == 2 and scale.shape == (out_f, 1):
             block = (1, in_f)
         else:
-            found = _ct_block(fmt)
-            if found is None or scale.dim() != 2:
-                raise CorruptWeightsError(f"{m}: weight_scale {list(scale.shape)} is neither per tensor, channel nor block")
-            block = found
+            raise CorruptWeightsError(f"{m}: weight_scale {list(scale.shape)} is neither per tensor, channel nor block")
         act = float(src.get(f"{m}.input_scale").float().reshape(-1)[0]) if f"{m}.input_scale" in src else None
         out[m] = PublishedLinear(m, "fp8", q, scale, block, act_scale=act)
     return out

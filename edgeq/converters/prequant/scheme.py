@@ -151,11 +151,6 @@ def _fp8_act_scales(ctx: QuantContext, plans: dict[str, LinearPlan], published: 
     return "published input_scale" if given and not todo else "calibrated static per-tensor" if not given else "mixed"
 
 
-def dequantized_linears(published: Any) -> dict[str, torch.Tensor]:
-    """Each published linear's exact FP32 weight (what the loaded model holds), for checks."""
-    return {n: p.dequant() for n, p in published.linears.items()}
-
-
 def prequantized_config(compute_dtype: str, overrides: dict[str, Any]) -> PrequantizedConfig:
     """The ``prequantized`` config a build uses; options of other schemes (``block_size``: the checkpoint's
     own group size wins) are dropped with a warning, never silently."""
