@@ -193,3 +193,19 @@ def test_greedy_record_is_the_onnx_decoding(written) -> None:
     res = written["ct-int4"]
     row = json.loads((res.out_dir / "edgeq_greedy.json").read_text())["prompts"][0]
     assert onnx_greedy(res.onnx_dir / "model.onnx", row["prompt_ids"], len(row["greedy_ids"])) == row["greedy_ids"]
+
+
+def test_quantize_cli_format_hf(tmp_path: Path, capsys) -> None:
+    from edgeq.cli import main
+
+    out = tmp_path / "ckpt"
+    rc = main(["quantize", "--model", "tiny-llama", "--scheme", "int4-rtn", "--block-size", "64", "--out", str(out),
+               "--format", "hf-awq"])
+    assert rc == 0, capsys.readouterr()
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "awq"
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "edgeq_greedy.json").is_file()
+    back = load_model(str(out))  # edgeq reads its own checkpoint back as a pre-quantized one
+    assert back.published.format.name == "awq" and len(back.published.linears) == 14
+    assert main(["quantize", "--model", "tiny-llama", "--scheme", "int4-rtn", "--out", str(tmp_path / "x"),
+                 "--format", "safetensors"]) == 2
+    assert "unknown --format" in capsys.readouterr().err and not (tmp_path / "x").exists()

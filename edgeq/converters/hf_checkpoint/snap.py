@@ -73,6 +73,8 @@ def snap_plans(ctx: Any, plans: dict[str, LinearPlan], hf: HfCheckpointConfig) -
             out[name], n = _snap_int4(p, ctx.linears[name].weight.detach().float(), dtype)
             changed, total = changed + n, total + p.q.numel()
         else:
+            if p.block_size is not None and fp8_block_scales(p) is None:
+                raise QuantizationError(f"{name}: FP8 scales on blocks other than 128x128 have no checkpoint format here")
             if hf.format == FP8_BLOCK and fp8_block_scales(p) is None:
                 raise QuantizationError(
                     f"{name}: its FP8 scales are not one per 128x128 block, which the fine-grained FP8 format stores",

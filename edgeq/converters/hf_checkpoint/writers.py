@@ -52,6 +52,14 @@ def _zero_points(p: LinearPlan) -> torch.Tensor:
     return torch.round(-p.offset / p.scale).to(torch.int8)
 
 
+def fp8_strategy(p: LinearPlan) -> str:
+    """``block`` for FP8 plans made on 128x128 blocks (their rows may look per-channel when a layer has one block
+    of inputs), else ``channel``."""
+    made_blockwise = (p.block_size is not None or p.info.get("block") == list(FP8_BLOCK_SHAPE)
+                      or p.info.get("checkpoint_block") == list(FP8_BLOCK_SHAPE))
+    return "block" if made_blockwise and fp8_block_scales(p) is not None else "channel"
+
+
 def _weight_args(**kw: Any) -> dict[str, Any]:
     base = {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False,
             "group_size": None, "block_structure": None, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
@@ -80,7 +88,7 @@ def tensors_for(fmt: str, plans: dict[str, LinearPlan], dtype: torch.dtype) -> d
         if fmt == FP8_BLOCK:
             assert grid is not None  # snap_plans refused the others
             out[f"{name}.weight_scale_inv"] = grid.float()
-        elif p.block_size is None:
+        elif fp8_strategy(p) == "channel":
             out[f"{name}.weight_scale"] = p.scale.float().reshape(-1, 1)
         else:
             assert grid is not None
@@ -104,7 +112,7 @@ def quantization_config(fmt: str, plans: dict[str, LinearPlan], unquantized: lis
         if p.kind == "int4":
             key: tuple[Any, ...] = ("int4", int(p.block_size or 0), p.offset is None)
         else:
-            key = ("fp8", "channel" if p.block_size is None else "block", p.act_scale is not None)
+            key = ("fp8", fp8_strategy(p), p.act_scale is not None)
         groups.setdefault(key, []).append(name)
     config_groups: dict[str, Any] = {}
     formats = set()
