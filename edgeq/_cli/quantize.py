@@ -20,6 +20,8 @@ KeepOpt = Annotated[list[str] | None, typer.Option("--keep-fp16", help="glob of 
 DtypeOpt = Annotated[str | None, typer.Option("--compute-dtype", help="float32 (ONNX Runtime CPU, default) | float16 (GPU engines)")]
 HeadOpt = Annotated[bool, typer.Option("--quantize-head", help="quantize the LM head too (tied heads keep the FP embedding table)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="config field override key=value (JSON value), repeatable")]
+FormatOpt = Annotated[str, typer.Option("--format", help="onnx (default) | hf (compressed-tensors) | hf-awq (AutoAWQ GEMM) | "
+                                        "hf-fp8 (fine-grained FP8): a transformers/vLLM checkpoint in --out, its QDQ ONNX in --out/onnx")]
 
 
 def _overrides(block_size: int | None, keep: list[str] | None, sets: list[str] | None,
@@ -64,12 +66,20 @@ def register(app: typer.Typer) -> None:
     def quantize(model: ModelOpt, scheme: SchemeOpt, out: OutOpt, block_size: BlockOpt = None, calib: CalibOpt = None,
                  accuracy_budget: BudgetOpt = None, report: ReportOpt = None, keep_fp16: KeepOpt = None,
                  compute_dtype: DtypeOpt = None, quantize_head: HeadOpt = False, set_: SetOpt = None,
-                 overwrite: OverwriteOpt = False) -> None:
+                 overwrite: OverwriteOpt = False, format_: FormatOpt = "onnx") -> None:
         """Quantize a model into one QDQ ONNX (ONNX Runtime + TensorRT) checked against the FP reference."""
         from edgeq.converters.quantize import get_config
         from edgeq.converters.quantize import quantize as run
 
         cfg = get_config(scheme, **_overrides(block_size, keep_fp16, set_, compute_dtype, quantize_head))
+        if format_ != "onnx":
+            from edgeq.converters.hf_checkpoint.api import hf_config_for, quantize_to_hf
+
+            hf = quantize_to_hf(model, cfg, out, hf=hf_config_for(format_), calib_text=_read_calib(calib),
+                                accuracy_budget=accuracy_budget, report_dir=report, overwrite=overwrite)
+            console.print(f"[green]wrote[/green] {hf.hf.format} checkpoint {hf.out_dir} (QDQ ONNX of the same weights: "
+                          f"{hf.onnx_dir})")
+            return
         res = run(model, cfg, out, calib_text=_read_calib(calib), accuracy_budget=accuracy_budget,
                   report_dir=report, overwrite=overwrite)
         r = res.report

@@ -95,6 +95,12 @@ def build(
     with stages.stage("load", "loading model"):
         loaded = model if isinstance(model, LoadedModel) else load_model(model if isinstance(model, ModelSpec) else ModelSpec(model))
     task = loaded.task
+    prequant = None
+    if loaded.published is not None:  # a pre-quantized checkpoint: keep its weights where the target runs them
+        from edgeq.converters.prequant.target import choose
+
+        prequant = choose(loaded.published, profile, task, precision)
+        precision = prequant.precision
     precision = precision or profile.default_precision.get(task) or ""
     check_precision(profile, precision, task)
     out = Path(out) if out is not None else Path(f"{loaded.name}-{profile.name}-{precision}")
@@ -114,7 +120,7 @@ def build(
     try:
         return _execute(loaded, profile, task, precision, out, work, stages, memory.to_dict(), fitted,
                         engine_here, sign_key=sign_key, bundle_version=bundle_version, overwrite=overwrite,
-                        quant_overrides=quant_overrides or {}, health=health)
+                        quant_overrides=quant_overrides or {}, health=health, prequant=prequant)
     except OSError as exc:
         raise os_error_to_edgeq(exc, out) from exc
     finally:
@@ -124,14 +130,17 @@ def build(
 def _execute(
     loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, out: Path, work: Path, stages: Stages,
     memory: dict[str, Any], planned: PlannedShapes, engine_here: bool, *, sign_key: Any, bundle_version: int,
-    overwrite: bool, quant_overrides: dict[str, Any], health: bool,
+    overwrite: bool, quant_overrides: dict[str, Any], health: bool, prequant: Any = None,
 ) -> BuildResult:
     from edgeq.converters.export import export_onnx
 
     with stages.stage("export", "exporting to ONNX (checked against PyTorch)"):
         fp = export_onnx(loaded, work / "fp")
     with stages.stage("quantize", f"quantizing to {precision} and checking accuracy against the reference"):
-        q_dir, q_onnx, quant_report, quant_config = _quantize(loaded, precision, profile, work / "q", quant_overrides)
+        q_dir, q_onnx, quant_report, quant_config = _quantize(loaded, precision, profile, work / "q", quant_overrides,
+                                                              keep=prequant is not None and prequant.keep)
+    if prequant is not None:
+        stages.note(prequant.note)
     plan, _ = make_plan(profile, task, q_onnx, precision, planned=planned)
     staged = work / "plan"
     staged.mkdir()
@@ -173,6 +182,7 @@ def _execute(
         "accuracy": _accuracy(quant_report),
         "memory_estimate": memory,
         "health_data": bool(health_files),
+        "prequantized": prequant.to_dict() if prequant is not None else None,
     }
     with stages.stage("bundle", "writing the bundle"):
         build_info["stage_seconds"] = {k: round(v, 3) for k, v in stages.seconds.items()}
@@ -183,17 +193,23 @@ def _execute(
         engine_mode=build_info["engine_mode"], engine_note=note, onnx_bytes=onnx_bytes, fp16_onnx_bytes=fp16_bytes,
         engine_bytes=build_info["engine_bytes"], accuracy=build_info["accuracy"], engine_build=build_info["engine_build"],
         memory=memory, stage_seconds=dict(stages.seconds), shape_notes=planned.notes, signed=sign_key is not None,
-        manifest=manifest,
+        manifest=manifest, weights_note=prequant.note if prequant is not None else "",
     )
 
 
 # -- seams to the other converter pieces ------------------------------------------------------------------
 def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_dir: Path,
-              overrides: dict[str, Any]) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
-    """Quantize with ``edgeq.converters.quantize``; returns (dir, onnx path, report, config dict)."""
+              overrides: dict[str, Any], keep: bool = False) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+    """Quantize with ``edgeq.converters.quantize``; returns (dir, onnx path, report, config dict). ``keep``: a
+    pre-quantized checkpoint's published weights are kept (scheme ``prequantized``) instead."""
     from edgeq.converters.quantize import get_config, quantize  # imports torch: not at module load
 
-    cfg = get_config(precision, **{"compute_dtype": profile.compute_dtype, **overrides})
+    if keep:
+        from edgeq.converters.prequant.scheme import prequantized_config
+
+        cfg = prequantized_config(profile.compute_dtype, overrides)
+    else:
+        cfg = get_config(precision, **{"compute_dtype": profile.compute_dtype, **overrides})
     if cfg.compute_dtype != profile.compute_dtype:
         log.warning("%s computes in %s; this build was asked for %s activations (recorded in the manifest)",
                     profile.name, profile.compute_dtype, cfg.compute_dtype)

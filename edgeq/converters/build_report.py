@@ -65,6 +65,7 @@ class BuildResult:
     shape_notes: tuple[str, ...] = ()
     signed: bool = False
     manifest: Any = field(default=None, repr=False)
+    weights_note: str = ""  # a pre-quantized checkpoint: its weights kept exactly, or re-quantized and why
 
     @property
     def total_seconds(self) -> float:
@@ -78,6 +79,7 @@ class BuildResult:
         rows = [
             ("target", self.target),
             ("precision", self.precision),
+            *([("weights", self.weights_note)] if self.weights_note else []),
             ("engine", self.engine_note),
             ("ONNX size", f"{self.onnx_bytes / MIB:.1f} MiB ({ratio(self.onnx_bytes)})"),
             ("engine size", f"{self.engine_bytes / MIB:.1f} MiB ({ratio(self.engine_bytes)})" if self.engine_bytes else "built on the device"),

@@ -54,6 +54,8 @@ class LoadedModel:
     pooling: str = "mean"
     normalize: bool = True
     extra_files: dict[str, str] = field(default_factory=dict)  # name -> text written beside the ONNX
+    #: a pre-quantized checkpoint's published codes/scales (edgeq.converters.prequant.formats.Published), else None
+    published: Any = None
 
     @property
     def model_type(self) -> str:
@@ -159,6 +161,15 @@ def _from_pretrained(
             raise CorruptWeightsError(f"corrupt or unsupported GGUF file {model_id}: {_first_line(exc)}") from exc
         raise UnsupportedArchitectureError(f"cannot read the config of {model_id}: {_first_line(exc)}") from exc
     task = _task_for(config, spec.task)
+    if getattr(config, "quantization_config", None) and "gguf_file" not in kwargs:
+        # transformers' quantizers need a GPU (FP8, AWQ): edgeq reads the published weights itself
+        from edgeq.converters.prequant.load import load_prequantized
+
+        with console.status(f"loading pre-quantized {model_id} …"):
+            model, published = load_prequantized(path_or_id, config, task, revision=spec.revision)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_id, revision=spec.revision)
+        return LoadedModel(name=name, model_id=model_id, task=task, model=model, tokenizer=tokenizer,
+                           revision=spec.revision, published=published)
     with console.status(f"loading {model_id} …"):
         try:
             model = _auto_class(task).from_pretrained(

@@ -17,6 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from edgeq.converters.quantize import schemes as _schemes  # noqa: F401  (registers the built-in handlers)
+# registers "prequantized" (a checkpoint's published weights, kept exactly) and "fp8-block" (128x128 FP8 blocks)
+from edgeq.converters.prequant import handlers as _prequant_handlers  # noqa: F401
 from edgeq.converters.quantize.config import QuantConfig, get_config
 from edgeq.converters.quantize.registry import handler_for, handler_named, register_handler, scheme_names
 

@@ -7,7 +7,8 @@ import copy
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ class QuantizeResult:
     onnx_path: Path
     report: dict[str, Any]
     config: QuantConfig
+    #: the plans the ONNX got and the (folded) model they apply to: what another writer of the same weights needs
+    plans: dict[str, LinearPlan] | None = field(default=None, repr=False, compare=False)
+    loaded: LoadedModel | None = field(default=None, repr=False, compare=False)
 
 
 def _resolve(model: str | Path | LoadedModel, mutate: bool) -> LoadedModel:
@@ -93,6 +97,7 @@ def quantize(
     accuracy_budget: str | AccuracyBudget | None = None,
     report_dir: str | Path | None = None,
     overwrite: bool = False,
+    plan_hook: Callable[[QuantContext, dict[str, LinearPlan]], dict[str, LinearPlan]] | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` with ``config`` into ``out_dir`` (model.onnx + side files + quant_config/report JSON).
 
@@ -106,6 +111,9 @@ def quantize(
             until it holds on held-out calibration text.
         report_dir: also write the per-layer sensitivity table (JSON + PNG) there.
         overwrite: replace an existing ``out_dir`` once the new one is complete.
+        plan_hook: called with the context and the scheme's plans before anything uses them; returns the plans
+            to emit (the HF checkpoint writer snaps them onto what its format stores, so both files hold one
+            set of weights).
     """
     t0 = time.time()
     cfg = get_config(config) if isinstance(config, str) else config
@@ -134,6 +142,8 @@ def quantize(
         plans = handler.quantize(ctx)
     if moe_report is not None:
         ctx.stats["moe_calibration"] = moe_report
+    if plan_hook is not None:
+        plans = plan_hook(ctx, plans)
     quant_s, quant_cpu = time.time() - t_q, _cpu_s() - c_q
 
     sens_rows: list[dict[str, Any]] | None = None
@@ -191,7 +201,8 @@ def quantize(
                     f"{cfg.scheme} output disagrees with the FP reference beyond its tolerance: "
                     + json.dumps({k: validation.get(k) for k in ("mean_kl", "mean_cosine", "limit") if k in validation}),
                     hint="keep sensitive layers in FP16 (--accuracy-budget / keep_fp16) or pick a wider scheme")
-    return QuantizeResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", report=report, config=cfg)
+    return QuantizeResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", report=report, config=cfg,
+                          plans=plans, loaded=loaded)
 
 
 def _act_summary(plans: dict[str, LinearPlan]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class LinearPlan:
     name: str
     kind: str  # "int4" | "int8" | "fp8"
     q: torch.Tensor  # [out, in]
-    scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4
+    scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4 (and for FP8 given a block_size)
     block_size: int | None = None
     act_scale: float | None = None  # per-tensor static scale of the input activation (W8A8)
     offset: torch.Tensor | None = None  # asymmetric INT4: per-block offset [out, in//block] added after DQ
@@ -112,6 +112,8 @@ class LinearPlan:
         if self.kind == "int4":
             assert self.block_size is not None
             return int4_block_dequant(self.q, self.scale, self.block_size, self.offset)
+        if self.block_size is not None:  # FP8 blocks along the input (pre-quantized fine-grained checkpoints)
+            return int4_block_dequant(self.q, self.scale, self.block_size)
         return self.q.float() * self.scale[:, None]
 
     @property

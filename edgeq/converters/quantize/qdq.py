@@ -51,6 +51,8 @@ def _np_weight(plan: LinearPlan) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
         return q.numpy().astype(np.int8), plan.scale.float().numpy(), {"axis": 1}
     if plan.kind == "fp8":
         w = q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+        if plan.block_size:  # blocks along the input axis, as INT4 (pre-quantized block-wise FP8 checkpoints)
+            return w, plan.scale.T.contiguous().float().numpy(), {"axis": 0, "block_size": int(plan.block_size)}
         return w, plan.scale.float().numpy(), {"axis": 1}
     raise QuantizationError(f"unknown weight kind {plan.kind!r}")
 
