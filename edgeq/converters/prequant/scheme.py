@@ -25,7 +25,7 @@ import torch
 
 from edgeq.converters.prequant.formats import PublishedLinear
 from edgeq.converters.quantize.calibrate import iterate_blocks
-from edgeq.converters.prequant.handlers import PrequantizedConfig
+from edgeq.converters.prequant.config import PrequantizedConfig
 from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax
 from edgeq.converters.quantize.registry import QuantContext
 from edgeq.errors import ConfigError, QuantizationError
