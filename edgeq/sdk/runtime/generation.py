@@ -100,10 +100,11 @@ class Generation:
         self._monitor.on_request(total)
 
 
-def _lm_stats(mon: Monitor, logits: np.ndarray) -> None:
-    """Live statistics of one decode step's logits (on one step in ``stats_every``)."""
+def _lm_stats(mon: Monitor, get_logits: Callable[[], np.ndarray]) -> None:
+    """Live statistics of one decode step's logits (on one step in ``stats_every``; only then fetched)."""
     if not mon.want_stats():
         return
+    logits = get_logits()
     finite = bool(np.isfinite(logits.sum(dtype=np.float64)))
     mon.on_finite(finite)
     if finite:
