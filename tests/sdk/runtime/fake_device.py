@@ -148,9 +148,28 @@ class ToyLm:
         return [(acc @ self.w).astype(np.float32)] + presents
 
 
-def fake_tensorrt(model: ToyLm, rt: FakeCudaRuntime, *, max_batch: int = 4, max_seq: int = 16,
+def fake_tensorrt(model: ToyLm, rt: FakeCudaRuntime | None, *, max_batch: int = 4, max_seq: int = 16,
                   max_past: int = 32) -> types.ModuleType:
-    """A module with the TensorRT calls the backend makes, running ``model`` on the fake device's memory."""
+    """A module with the TensorRT calls the backend makes, running ``model`` on the bound memory.
+
+    With ``rt`` (the stand-in runtime) the engine reads and writes the host memory behind the fake device
+    pointers. With None it runs on a real GPU: it copies its inputs out of and its outputs into the bound
+    device addresses through edgeq's device-memory layer (tagged ``engine``: the work TensorRT would do
+    on the device), so every address the backend binds must be real device memory of the right size.
+    """
+    from edgeq.sdk.runtime.backends import cudart
+
+    def read(ptr: int, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if rt is not None:
+            return host_array(ptr, dtype, shape).copy()
+        return cudart.copy_d2h(np.empty(shape, dtype), ptr, tag="engine")
+
+    def write(ptr: int, value: np.ndarray) -> None:
+        if rt is not None:
+            host_array(ptr, value.dtype, value.shape)[...] = value
+        else:
+            cudart.copy_h2d(ptr, np.ascontiguousarray(value), tag="engine")
+
     mod = types.ModuleType("fake_tensorrt")
     dtypes = {"input_ids": np.int64, "attention_mask": np.int64, "position_ids": np.int64, "logits": np.float32}
     kv = (model.heads, model.head_dim)
@@ -210,12 +229,13 @@ def fake_tensorrt(model: ToyLm, rt: FakeCudaRuntime, *, max_batch: int = 4, max_
 
         def execute_async_v3(self, stream: int) -> bool:
             self.runs += 1
-            for n in list(self.addr):  # every binding must be device memory
-                assert rt.is_device(self.addr[n]), f"{n} is not bound to device memory"
-            feeds = {n: host_array(self.addr[n], dtype_of(n), self.shapes[n]).copy() for n in model.input_names}
+            if rt is not None:
+                for n in list(self.addr):  # every binding must be device memory
+                    assert rt.is_device(self.addr[n]), f"{n} is not bound to device memory"
+            feeds = {n: read(self.addr[n], dtype_of(n), self.shapes[n]) for n in model.input_names}
             outs = model.forward(feeds)
             for n, val in zip(model.output_names, outs):
-                host_array(self.addr[n], dtype_of(n), val.shape)[...] = val
+                write(self.addr[n], val.astype(dtype_of(n)))
             return True
 
     class Runtime:

@@ -81,6 +81,8 @@ class OrtBinder(Binder):
         self._ldtype = np.dtype(logits_dtype)
         self._logits = self.new_buffer()
         self._rows = self._n = 0
+        self._logits_bound: tuple[tuple[int, int, int], int] | None = None
+        self._sampler_bound: tuple[tuple[int, int, int], int] | None = None
         self._tokens: np.ndarray | None = None
         self._sampler_io = None
         if sampler is not None and device == "cuda" and self._ldtype == np.float32:
@@ -108,13 +110,17 @@ class OrtBinder(Binder):
 
     def run(self) -> None:
         shape = (self._rows, self._n, self._vocab)
-        ptr = self._logits.reserve(int(np.prod(shape)) * self._ldtype.itemsize)
-        self._bind_out(self._logits_name, self._ldtype.type, shape, ptr)
+        ptr = self._logits.reserve(self._rows * self._n * self._vocab * self._ldtype.itemsize)
+        if (shape, ptr) != self._logits_bound:  # decode steps keep the (batch, 1, vocab) binding
+            self._bind_out(self._logits_name, self._ldtype.type, shape, ptr)
+            self._logits_bound = (shape, ptr)
         self._sess.run_with_iobinding(self._io)
         self._tokens = None
         if self._sampler_io is not None:
             try:
-                self._sampler_in("logits", np.float32, shape, ptr)
+                if (shape, ptr) != self._sampler_bound:
+                    self._sampler_in("logits", np.float32, shape, ptr)
+                    self._sampler_bound = (shape, ptr)
                 self._sampler_sess.run_with_iobinding(self._sampler_io)
                 self._tokens = self._sampler_io.copy_outputs_to_cpu()[0].reshape(-1)
                 cudart.COPIES.record("d2h", "next_tokens", self._tokens.nbytes)
