@@ -3,9 +3,9 @@
 - ``models/smollm2-<v>``: SmolLM2-135M's FP16-compute files as ``edgeq quantize --compute-dtype float16``
   makes them (fp16, int8-wo, int4-awq g128, fp8; the same candidates as bench_quality), without weights.
 - ``models/llama1b-int4``: a Llama-3.2-1B-shaped model (random init from a transformers config), exported
-  and quantized INT4 (block 128, FP16 compute) here, without weights. RTN rather than AWQ: on random
-  weights AWQ's search has nothing to find, and the graph (DequantizeLinear blocks + offset correction)
-  is the same.
+  and quantized INT4 (block 128, FP16 compute) here, without weights (see ``llama1b_graph``). RTN rather
+  than AWQ: on random weights AWQ's search has nothing to find, and the graph (DequantizeLinear blocks +
+  offset correction) is the same.
 - ``tests/``: tiny-llama bundles built for ``h100-fp8`` (fp16 v1, int8-wo v2) and tiny-qwen3 fp16, with
   canaries, for tests/gpu.
 
@@ -22,6 +22,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -90,29 +91,106 @@ def smollm2_graphs(out: Path) -> None:
         print(f"smollm2-{short}: {len(spec['tensors'])} tensors, {spec['total_bytes'] / 1e6:.1f} MB to fill")
 
 
+def replicate_layer(model: Any, src: int, total: int) -> None:
+    """Grow a decoder graph to ``total`` layers by copying layer ``src`` (its last), rewired in sequence.
+
+    A layer's nodes are those named ``layers.<src>`` / ``layers/<src>/``; a copy gets its own tensors and
+    weights (renamed ``layers.<k>``, ``layers_<k>_``, ``past_key_values.<k>``, ``present.<k>``) and shares
+    what the layer reads from outside it (rotary tables, the mask, constants, block indicators). Its hidden
+    input is the previous layer's output; whatever read layer ``src``'s output reads the last copy's.
+    """
+    import copy
+    import re
+
+    g = model.graph
+    mark = re.compile(rf"(layers[./_]){src}(?=[/._])|((?:past_key_values|present)\.){src}(?=\.)")
+    mine = [n for n in g.node if mark.search(n.name)]
+    made = {o for n in mine for o in n.output}
+    hidden_in = next(i for n in mine for i in n.input
+                     if i not in made and re.search(rf"layers\.{src - 1}/", i))
+    hidden_out = next(o for o in made for n in g.node if not mark.search(n.name) and o in n.input)
+    inits = {i.name: i for i in g.initializer}
+    own_inits = {i for n in mine for i in n.input if i in inits and mark.search(i)}
+
+    def rename(name: str, k: int) -> str:
+        new = mark.sub(lambda m: (m.group(1) or m.group(2)) + str(k), name)
+        return new if new != name else f"{name}__layer{k}"
+
+    copies, prev_out = [], hidden_out
+    for k in range(src + 1, total):
+        table = {t: rename(t, k) for t in made | own_inits}
+        table.update({f"past_key_values.{src}.key": f"past_key_values.{k}.key",
+                      f"past_key_values.{src}.value": f"past_key_values.{k}.value", hidden_in: prev_out})
+        for n in mine:
+            c = copy.deepcopy(n)
+            c.name = rename(n.name, k)
+            c.input[:] = [table.get(i, i) for i in n.input]
+            c.output[:] = [table.get(o, o) for o in n.output]
+            copies.append(c)
+        for name in own_inits:
+            t = copy.deepcopy(inits[name])
+            t.name = table[name]
+            g.initializer.append(t)
+        for vi, coll in ((g.input, g.input), (g.output, g.output)):
+            for v in list(vi):
+                if v.name in (f"past_key_values.{src}.key", f"past_key_values.{src}.value",
+                              f"present.{src}.key", f"present.{src}.value"):
+                    c = copy.deepcopy(v)
+                    c.name = v.name.replace(f".{src}.", f".{k}.")
+                    coll.append(c)
+        prev_out = table[hidden_out]
+    nodes, placed = [], False
+    for n in g.node:
+        if not placed and not mark.search(n.name) and hidden_out in n.input:
+            nodes += copies
+            placed = True
+            n.input[:] = [prev_out if i == hidden_out else i for i in n.input]
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+
+
 def llama1b_graph(out: Path, work: Path) -> None:
-    """Random-init Llama-3.2-1B-shaped model → edgeq int4-rtn g128 FP16-compute graph → weight-free copy."""
+    """Llama-3.2-1B-shaped INT4 graph: a random-init 2-layer model of that width exported and quantized by
+    edgeq (int4-rtn g128, FP16 compute; 2 layers because exporting 1.2B parameters on this 2-core host
+    takes longer than the session has), then layer 1 copied to 16 layers, then made weight-free."""
+    import onnx
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from benchmarks.common import cached_export
     from edgeq.converters.quantize import get_config, quantize
 
-    hf = work / "llama1b-hf"
+    hf = work / "llama1b-2l-hf"
     if not (hf / "config.json").is_file():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B, bos_token_id=1, eos_token_id=2))
+        model = LlamaForCausalLM(LlamaConfig(**{**LLAMA_1B, "num_hidden_layers": 2}, bos_token_id=1, eos_token_id=2))
         model.save_pretrained(hf)
         del model
         tok_src = cached_export("smollm2-135m")  # a tokenizer whose ids fit the vocabulary
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (tok_src / name).is_file():
                 shutil.copy2(tok_src / name, hf / name)
-    q = work / "llama1b-int4"
+    q = work / "llama1b-2l-int4"
     if not (q / "model.onnx").is_file():
         cfg = get_config("int4-rtn", block_size=128, compute_dtype="float16", validate=False)
         quantize(str(hf), cfg, q, overwrite=True)
-    spec = strip_weights(q / "model.onnx", out / "llama1b-int4")
+    layers = LLAMA_1B["num_hidden_layers"]
+    full = work / "llama1b-int4"
+    full.mkdir(parents=True, exist_ok=True)
+    m = onnx.load(str(q / "model.onnx"))
+    replicate_layer(m, src=1, total=layers)
+    onnx.save(m, str(full / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx_data", size_threshold=1024)
+    del m
+    for f in q.iterdir():
+        if f.suffix in SIDE:
+            shutil.copy2(f, full / f.name)
+    for name, key in (("edgeq_model.json", "num_layers"), ("config.json", "num_hidden_layers")):
+        d = json.loads((full / name).read_text())
+        d[key] = layers
+        (full / name).write_text(json.dumps(d, indent=1))
+    spec = strip_weights(full / "model.onnx", out / "llama1b-int4")
     print(f"llama1b-int4: {len(spec['tensors'])} tensors, {spec['total_bytes'] / 1e6:.1f} MB to fill")
 
 

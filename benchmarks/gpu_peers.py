@@ -139,7 +139,11 @@ def torch_model(config_json: Path, device: str = "cuda") -> Any:
 
     cfg = AutoConfig.from_pretrained(config_json.parent)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16, attn_implementation="eager")
+    with torch.device(device):  # random init where it runs: a 1B model inits in seconds on the GPU
+        try:  # transformers 5 names it dtype; 4.x took torch_dtype
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="eager")
+        except TypeError:
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16, attn_implementation="eager")
     return model.to(device).eval()
 
 
