@@ -180,8 +180,10 @@ class KvCache:
         else:
             per = batch * self.heads * max_len * self.head_dim * self.dtype.itemsize
         self.slot = (per + ALIGN - 1) // ALIGN * ALIGN
-        for arena in self.arenas:
-            arena.reserve(self.slot * len(self.names))
+        bases = [arena.reserve(self.slot * len(self.names)) for arena in self.arenas]
+        # tensor i lives at the same offset in both arenas: [arena of the past][i] for each parity
+        self._ptrs = [[(bases[f] + i * self.slot, bases[1 - f] + i * self.slot) for i in range(len(self.names))]
+                      for f in (0, 1)]
         self.batch, self.length, self.max_len, self._flip = batch, 0, max_len, 0
 
     def bind(self, new: int) -> None:
@@ -189,14 +191,13 @@ class KvCache:
         total = self.length + new
         if total > self.max_len:
             raise RuntimeErrorBase(f"KV cache of {self.max_len} tokens cannot take {total}")
-        src, dst = self.arenas[self._flip], self.arenas[1 - self._flip]
         past = (self.batch, self.heads, self.length, self.head_dim)
         present = (self.batch, self.heads, total, self.head_dim)
-        bind, dt = self.binder.bind, self.dtype
-        for i, (past_name, present_name) in enumerate(self.names):
-            off = i * self.slot
-            bind(past_name, src, off, dt, past, output=False)
-            bind(present_name, dst, off, dt, present, output=True)
+        items = []
+        for (past_name, present_name), (src, dst) in zip(self.names, self._ptrs[self._flip]):
+            items.append((past_name, src, past, False))
+            items.append((present_name, dst, present, True))
+        self.binder.bind_many(self.dtype, items)
 
     def advance(self, new: int) -> None:
         """The run completed: the present becomes the past."""

@@ -40,10 +40,9 @@ class RecordingBinder(Binder):
         self.buffers.append(HostBuffer())
         return self.buffers[-1]
 
-    def bind(self, name: str, buf: Any, offset: int, dtype: np.dtype, shape: tuple[int, ...], *,
-             output: bool) -> None:
+    def bind(self, name: str, ptr: int, dtype: np.dtype, shape: tuple[int, ...], *, output: bool) -> None:
         assert dtype == np.float16, "the KV cache keeps the graph's dtype"
-        self.bound[name] = (buf.ptr + offset, tuple(shape), output)
+        self.bound[name] = (ptr, tuple(shape), output)
 
     def feed(self, name: str, array: np.ndarray) -> None:
         self.fed[name] = np.array(array)

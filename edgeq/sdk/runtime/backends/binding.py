@@ -76,9 +76,13 @@ class Binder(ABC):
         """An empty buffer on this binder's device (the caller reserves its size)."""
 
     @abstractmethod
-    def bind(self, name: str, buf: Buffer, offset: int, dtype: np.dtype, shape: tuple[int, ...], *,
-             output: bool) -> None:
-        """Bind input or output ``name`` to ``shape`` elements of ``dtype`` at ``buf.ptr + offset`` (no copy)."""
+    def bind(self, name: str, ptr: int, dtype: np.dtype, shape: tuple[int, ...], *, output: bool) -> None:
+        """Bind input or output ``name`` to ``shape`` elements of ``dtype`` at ``ptr`` in this device's memory."""
+
+    def bind_many(self, dtype: np.dtype, items: Sequence[tuple[str, int, tuple[int, ...], bool]]) -> None:
+        """``bind`` each (name, ptr, shape, output): a decode step rebinds every layer's past and present."""
+        for name, ptr, shape, output in items:
+            self.bind(name, ptr, dtype, shape, output=output)
 
     @abstractmethod
     def feed(self, name: str, array: np.ndarray) -> None:

@@ -96,9 +96,13 @@ class OrtBinder(Binder):
     def new_buffer(self) -> Buffer:
         return cudart.DeviceBuffer() if self.device == "cuda" else HostBuffer()
 
-    def bind(self, name: str, buf: Buffer, offset: int, dtype: np.dtype, shape: tuple[int, ...], *,
-             output: bool) -> None:
-        (self._bind_out if output else self._bind_in)(name, dtype.type, shape, buf.ptr + offset)
+    def bind(self, name: str, ptr: int, dtype: np.dtype, shape: tuple[int, ...], *, output: bool) -> None:
+        (self._bind_out if output else self._bind_in)(name, dtype.type, shape, ptr)
+
+    def bind_many(self, dtype: np.dtype, items: list[tuple[str, int, tuple[int, ...], bool]]) -> None:
+        bind_in, bind_out, t = self._bind_in, self._bind_out, dtype.type
+        for name, ptr, shape, output in items:
+            (bind_out if output else bind_in)(name, t, shape, ptr)
 
     def feed(self, name: str, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)

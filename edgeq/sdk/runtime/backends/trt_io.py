@@ -45,9 +45,8 @@ class TrtBinder(Binder):
     def new_buffer(self) -> Buffer:
         return cudart.DeviceBuffer()
 
-    def bind(self, name: str, buf: Buffer, offset: int, dtype: np.dtype, shape: tuple[int, ...], *,
-             output: bool) -> None:
-        self._addr[name] = buf.ptr + offset
+    def bind(self, name: str, ptr: int, dtype: np.dtype, shape: tuple[int, ...], *, output: bool) -> None:
+        self._addr[name] = ptr
         if not output:
             self._shapes[name] = tuple(shape)
 
