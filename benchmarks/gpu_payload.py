@@ -189,6 +189,8 @@ def llama1b_graph(out: Path, work: Path) -> None:
     for name, key in (("edgeq_model.json", "num_layers"), ("config.json", "num_hidden_layers")):
         d = json.loads((full / name).read_text())
         d[key] = layers
+        if name == "edgeq_model.json":
+            d["name"] = "llama-3.2-1b-shaped"
         (full / name).write_text(json.dumps(d, indent=1))
     spec = strip_weights(full / "model.onnx", out / "llama1b-int4")
     print(f"llama1b-int4: {len(spec['tensors'])} tensors, {spec['total_bytes'] / 1e6:.1f} MB to fill")
