@@ -1,22 +1,27 @@
 """Token generation for causal LMs on any backend: prefill once, then one token per step with the KV cache.
 
-The cache returned by a step (``present.N.*``) is fed back as the next step's ``past_key_values.N.*``;
-the prompt is never re-run. Several prompts run as one batch, left-padded (padding masked out,
-positions counted from each row's first real token). Sampling: greedy (temperature 0), temperature,
-top-k, top-p; stop strings; streaming of text deltas with incremental detokenisation.
+The cache a step writes (``present.N.*``) is the next step's ``past_key_values.N.*``; the prompt is never
+re-run. On a backend with a binder the cache stays in device buffers allocated once per generation
+(``KvCache``); otherwise the present arrays come back through ``infer`` and are fed back. Several prompts
+run as one batch, left-padded (padding masked out, positions counted from each row's first real token).
+Sampling: greedy (temperature 0), temperature, top-k, top-p; stop strings; streaming of text deltas with
+incremental detokenisation.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeq.errors import ConfigError
+from edgeq.errors import ConfigError, RuntimeErrorBase
 from edgeq.sdk.bundle.graph_io import past_dtype
 from edgeq.sdk.bundle.model_info import ModelInfo
+from edgeq.sdk.runtime.backends.binding import Binder
+from edgeq.sdk.runtime.backends.cudart import ALIGN
 
 
 @dataclass(frozen=True)
@@ -133,37 +138,226 @@ class TextStream:
 
 
 # -- the step loop -----------------------------------------------------------------------------------
-class LmStepper:
-    """Feeds and output indices for one LM backend, computed once (nothing rebuilt per step)."""
+class Step:
+    """What one forward step leaves for the sampler: device-greedy tokens, if any, and the logits on demand."""
 
-    def __init__(self, backend: object, info: ModelInfo) -> None:
+    __slots__ = ("tokens", "_logits", "_fetch")
+
+    def __init__(self, tokens: np.ndarray | None, fetch: Callable[[], np.ndarray]) -> None:
+        self.tokens = tokens
+        self._logits: np.ndarray | None = None
+        self._fetch = fetch
+
+    def logits(self) -> np.ndarray:
+        """The last position's logits (batch, vocab), fetched from the device on the first call only."""
+        if self._logits is None:
+            self._logits = self._fetch()
+        return self._logits
+
+
+class KvCache:
+    """Every layer's past and present in two arenas that trade places each step (ping-pong).
+
+    A step reads its past from one arena and the graph writes the present (past + new tokens) into the
+    other, at the same offsets, so the next step's past is already in place: no copy, no allocation.
+    Each arena is one buffer on the binder's device, sized per generation for ``batch × max_len``
+    tokens and kept for the next one (it grows geometrically, never per step).
+    """
+
+    def __init__(self, binder: Binder, names: Sequence[tuple[str, str]], heads: int, head_dim: int,
+                 dtype: np.dtype) -> None:
+        self.binder, self.names = binder, list(names)
+        self.heads, self.head_dim, self.dtype = heads, head_dim, np.dtype(dtype)
+        self.arenas = (binder.new_buffer(), binder.new_buffer())
+        self.slot = 0  # bytes per tensor in the current generation
+        self.batch = self.length = 0
+        self._flip = 0
+
+    def start(self, batch: int, max_len: int) -> None:
+        """Size the arenas for a generation of ``batch`` rows up to ``max_len`` tokens and empty the cache.
+
+        A binder with shape limits gets arenas at those limits (allocated on the first generation only).
+        """
+        b = self.binder
+        if b.max_batch is not None and b.max_tokens is not None:
+            if batch > b.max_batch or max_len > b.max_tokens:
+                raise RuntimeErrorBase(
+                    f"a generation of {batch} x {max_len} tokens exceeds the engine's limit of "
+                    f"{b.max_batch} x {b.max_tokens}", hint="shorten the prompt or max_new_tokens, or split the batch")
+            per = b.max_batch * self.heads * b.max_tokens * self.head_dim * self.dtype.itemsize
+        else:
+            per = batch * self.heads * max_len * self.head_dim * self.dtype.itemsize
+        self.slot = (per + ALIGN - 1) // ALIGN * ALIGN
+        bases = [arena.reserve(self.slot * len(self.names)) for arena in self.arenas]
+        # tensor i lives at the same offset in both arenas: [arena of the past][i] for each parity
+        self._ptrs = [[(bases[f] + i * self.slot, bases[1 - f] + i * self.slot) for i in range(len(self.names))]
+                      for f in (0, 1)]
+        self.batch, self.length, self.max_len, self._flip = batch, 0, max_len, 0
+
+    def bind(self, new: int) -> None:
+        """Bind past (``length`` tokens) and present (``length + new``) of every layer for the next run."""
+        total = self.length + new
+        if total > self.max_len:
+            raise RuntimeErrorBase(f"KV cache of {self.max_len} tokens cannot take {total}")
+        past = (self.batch, self.heads, self.length, self.head_dim)
+        present = (self.batch, self.heads, total, self.head_dim)
+        items = []
+        for (past_name, present_name), (src, dst) in zip(self.names, self._ptrs[self._flip]):
+            items.append((past_name, src, past, False))
+            items.append((present_name, dst, present, True))
+        self.binder.bind_many(self.dtype, items)
+
+    def advance(self, new: int) -> None:
+        """The run completed: the present becomes the past."""
+        self.length += new
+        self._flip ^= 1
+
+    def free(self) -> None:
+        for arena in self.arenas:
+            arena.free()
+
+
+class _BoundState:
+    """A binder and its KV cache, reused by one generation after another (see ``LmStepper``)."""
+
+    def __init__(self, stepper: LmStepper, binder: Binder) -> None:
+        self.binder = binder
+        self.kv = KvCache(binder, stepper.kv_names, stepper.info.num_key_value_heads, stepper.info.head_dim,
+                          stepper.past_dtype)
+
+    def close(self) -> None:
+        self.kv.free()
+        self.binder.close()
+
+
+class Decode:
+    """One generation's steps. ``run`` takes (batch, n) ids and the mask and positions that go with them."""
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> Step:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> Decode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _BoundDecode(Decode):
+    """The KV cache stays in the binder's buffers; only ids/mask/positions go in, logits or tokens come out."""
+
+    def __init__(self, stepper: LmStepper, state: _BoundState, batch: int, max_len: int) -> None:
+        self._stepper, self._state = stepper, state
+        self._b, self._kv = state.binder, state.kv
+        self._kv.start(batch, max_len)
+        self._has_mask, self._has_pos = stepper.has_mask, stepper.has_pos
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> Step:
+        b, n = self._b, ids.shape[1]
+        b.feed("input_ids", ids)
+        if self._has_mask:
+            b.feed("attention_mask", mask)
+        if self._has_pos:
+            b.feed("position_ids", pos)
+        self._kv.bind(n)
+        b.run()
+        self._kv.advance(n)
+        return Step(b.next_tokens(), b.last_logits)
+
+    def close(self) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            self._stepper._release(state)
+
+
+class _HostDecode(Decode):
+    """A backend without a binder: host arrays through ``infer``, the present fed back as the next past."""
+
+    def __init__(self, stepper: LmStepper, batch: int) -> None:
+        self._s = stepper
+        self._past: list[np.ndarray] | None = None
+        self._batch = batch
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> Step:
+        s = self._s
+        feeds = {"input_ids": ids}
+        if s.has_mask:
+            feeds["attention_mask"] = mask
+        if s.has_pos:
+            feeds["position_ids"] = pos
+        if self._past is None:
+            shape = (ids.shape[0], s.info.num_key_value_heads, 0, s.info.head_dim)
+            empty = np.zeros(shape, s.past_dtype)
+            feeds.update({n: empty for n in s.past_names})
+        else:
+            feeds.update(zip(s.past_names, self._past))
+        out = s.backend.infer(feeds)
+        self._past = [out[i] for i in s.present_idx]
+        logits = out[s.logits_idx][:, -1, :]
+        return Step(None, lambda: logits)
+
+
+class LmStepper:
+    """How one LM backend is stepped, worked out once; ``decode`` opens a generation.
+
+    When the backend offers a binder, generations reuse pooled binder+cache states (one per concurrent
+    generation, at most ``keep`` kept idle), so device memory is allocated when a generation needs more
+    than any before it, never per step.
+    """
+
+    def __init__(self, backend: object, info: ModelInfo, *, keep: int = 2) -> None:
         names = list(backend.input_names)  # type: ignore[attr-defined]
         outs = list(backend.output_names)  # type: ignore[attr-defined]
-        self.backend, self.info = backend, info
+        self.backend, self.info, self.keep = backend, info, keep
         self.past_names = [n for n in names if n.startswith("past_key_values.")]
-        self.present_idx = [outs.index("present." + n[len("past_key_values."):]) for n in self.past_names]
+        self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
+        self.present_idx = [outs.index(n) for n in self.present_names]
+        self.kv_names = list(zip(self.past_names, self.present_names))
         self.logits_idx = outs.index("logits") if "logits" in outs else 0
         self.past_dtype = past_dtype(getattr(backend, "input_dtypes", {}))
         self.has_mask = "attention_mask" in names
         self.has_pos = "position_ids" in names
-        self._infer = backend.infer  # type: ignore[attr-defined]
+        make = getattr(backend, "binder", None)
+        self._make_binder: Callable[[ModelInfo], Binder | None] | None = make if callable(make) else None
+        self._free: list[_BoundState] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: Sequence[np.ndarray] | None
-            ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One forward step: logits of the last position (batch, vocab) and the new KV cache."""
-        feeds = {"input_ids": ids}
-        if self.has_mask:
-            feeds["attention_mask"] = mask
-        if self.has_pos:
-            feeds["position_ids"] = pos
-        if past is None:
-            shape = (ids.shape[0], self.info.num_key_value_heads, 0, self.info.head_dim)
-            empty = np.zeros(shape, self.past_dtype)
-            feeds.update({n: empty for n in self.past_names})
-        else:
-            feeds.update(zip(self.past_names, past))
-        out = self._infer(feeds)
-        return out[self.logits_idx][:, -1, :], [out[i] for i in self.present_idx]
+    def decode(self, batch: int, max_len: int) -> Decode:
+        """A generation of ``batch`` rows that will hold at most ``max_len`` tokens (prompt + new)."""
+        state = self._acquire()
+        if state is None:
+            return _HostDecode(self, batch)
+        try:
+            return _BoundDecode(self, state, batch, max_len)
+        except BaseException:
+            self._release(state)
+            raise
+
+    def _acquire(self) -> _BoundState | None:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        binder = self._make_binder(self.info) if self._make_binder is not None else None
+        return None if binder is None else _BoundState(self, binder)
+
+    def _release(self, state: _BoundState) -> None:
+        with self._lock:
+            if not self._closed and len(self._free) < self.keep:
+                self._free.append(state)
+                return
+        state.close()
+
+    def close(self) -> None:
+        """Free the pooled device memory (before the backend closes)."""
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for state in free:
+            state.close()
 
 
 @dataclass
@@ -188,7 +382,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> _Batch:
     return _Batch(ids, mask, pos, [len(p) for p in prompts])
 
 
-StepHook = Callable[[np.ndarray], None]
+#: called once per step with the step's logits getter: a hook that looks only now and then fetches only then
+StepHook = Callable[[Callable[[], np.ndarray]], None]
 
 
 def generate_ids(
@@ -199,24 +394,31 @@ def generate_ids(
 
     The caller owns ``done`` (bool per row) and sets a row when it ends (EOS, stop string) before
     asking for the next step. Finished rows are fed a pad token (outputs ignored) so the batch stays
-    rectangular. Stops when every row is done or after ``max_new_tokens`` steps.
+    rectangular. Stops when every row is done or after ``max_new_tokens`` steps. Greedy decoding takes
+    the backend's on-device tokens when it has them (then no logits leave the device unless the hook asks).
     """
     rng = np.random.default_rng(cfg.seed)
     batch = left_pad(prompts, pad_id)
-    t0 = time.perf_counter()
-    logits, past = stepper.run(batch.ids, batch.mask, batch.pos, None)
-    mask, pos = batch.mask, batch.pos[:, -1:]
-    ones = np.ones((mask.shape[0], 1), np.int64)
-    for step in range(cfg.max_new_tokens):
-        if on_logits is not None:
-            on_logits(logits)
-        tokens = sample(logits, cfg, rng).astype(np.int64)
-        tokens[done] = pad_id
-        t1 = time.perf_counter()
-        yield tokens, t1 - t0
-        if done.all() or step == cfg.max_new_tokens - 1:
-            return
+    greedy = cfg.temperature == 0.0
+    rows, n_prompt = batch.ids.shape
+    with stepper.decode(rows, n_prompt + cfg.max_new_tokens) as dec:
         t0 = time.perf_counter()
-        mask = np.concatenate([mask, ones], axis=1)
-        pos = pos + 1
-        logits, past = stepper.run(tokens[:, None], mask, pos, past)
+        step_out = dec.run(batch.ids, batch.mask, batch.pos)
+        mask, pos = batch.mask, batch.pos[:, -1:]
+        ones = np.ones((rows, 1), np.int64)
+        for step in range(cfg.max_new_tokens):
+            if on_logits is not None:
+                on_logits(step_out.logits)
+            if greedy and step_out.tokens is not None:
+                tokens = step_out.tokens.astype(np.int64, copy=True)
+            else:
+                tokens = sample(step_out.logits(), cfg, rng).astype(np.int64)
+            tokens[done] = pad_id
+            t1 = time.perf_counter()
+            yield tokens, t1 - t0
+            if done.all() or step == cfg.max_new_tokens - 1:
+                return
+            t0 = time.perf_counter()
+            mask = np.concatenate([mask, ones], axis=1)
+            pos = pos + 1
+            step_out = dec.run(tokens[:, None], mask, pos)

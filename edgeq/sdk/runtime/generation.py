@@ -253,10 +253,11 @@ def _call(q: Request, name: str, arg: Any) -> bool:
     return True
 
 
-def _lm_stats(mon: Monitor, logits: np.ndarray) -> None:
-    """Live statistics of one decode step's logits (on one step in ``stats_every``)."""
+def _lm_stats(mon: Monitor, get_logits: Callable[[], np.ndarray]) -> None:
+    """Live statistics of one decode step's logits (on one step in ``stats_every``; only then fetched)."""
     if not mon.want_stats():
         return
+    logits = get_logits()
     finite = bool(np.isfinite(logits.sum(dtype=np.float64)))
     mon.on_finite(finite)
     if finite:

@@ -41,6 +41,8 @@ class Handle:
     fingerprint: Any = None
 
     def close(self) -> None:
+        if self.stepper is not None:  # its pooled KV buffers live on the backend's device
+            self.stepper.close()
         self.backend.close()
 
 

@@ -136,3 +136,34 @@ def test_device_chat_template_matches_transformers(tiny_llama_onnx: Path) -> Non
     text = "Python releases have also been GPL-compatible"
     assert dev.encode(text) == hf(text)["input_ids"]
     assert dev.decode(dev.encode(text)) == hf.decode(hf(text)["input_ids"], skip_special_tokens=True)
+
+
+# -- the bound decode on ONNX Runtime CPU (IOBinding into host arenas) --------------------------------------
+def _greedy_ids(stepper: object, prompts: list[list[int]], n: int) -> list[list[int]]:
+    from edgeq.sdk.runtime.decode import generate_ids
+
+    done = np.zeros(len(prompts), bool)
+    steps = [t for t, _ in generate_ids(stepper, prompts, GenerationConfig(max_new_tokens=n), pad_id=0, done=done)]
+    return np.stack(steps, axis=1).tolist()
+
+
+def test_cpu_iobinding_decode_equals_the_host_loop(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeq.sdk.runtime.backends.ort_io import OrtBinder
+
+    h = rt._current
+    prompts = [h.tokenizer.encode(p) for p in ("Python was created", "a", "Guido remains Python's principal")]
+    bound = _greedy_ids(h.stepper, prompts, 16)
+    (state,) = h.stepper._free  # the generation ran on a pooled binder + cache
+    assert isinstance(state.binder, OrtBinder)
+    allocations = [a.allocations for a in state.kv.arenas]
+    assert _greedy_ids(h.stepper, prompts, 16) == bound
+    assert [a.allocations for a in state.kv.arenas] == allocations  # nothing allocated per step or per generation
+    # the same generation through infer() with host arrays, as before the binder existed
+    monkeypatch.setattr(h.stepper, "_make_binder", None)
+    monkeypatch.setattr(h.stepper, "_free", [])
+    assert _greedy_ids(h.stepper, prompts, 16) == bound
+    # and through ORT's public IOBinding methods instead of its pybind object
+    public = OrtBinder(ort, h.backend._session, device="cpu", device_id=0, logits_name="logits",
+                       vocab=h.info.vocab_size, logits_dtype=np.dtype(np.float32), fast_bind=False)
+    monkeypatch.setattr(h.stepper, "_make_binder", lambda info: public)
+    assert _greedy_ids(h.stepper, prompts, 16) == bound

@@ -35,7 +35,7 @@ def test_falls_back_to_basic_and_says_so(caplog: pytest.LogCaptureFixture) -> No
     b = OrtCpuBackend.__new__(OrtCpuBackend)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    assert b._session_with_fallback(fake, "m.onnx", so) == "session"
+    assert b._session_with_fallback(fake, "m.onnx", so, ["CPUExecutionProvider"]) == "session"
     assert fake.opened == [ort.GraphOptimizationLevel.ORT_ENABLE_BASIC]
     assert b.optimization_fallback and "INVALID_GRAPH" in b.optimization_fallback
     assert "basic optimizations" in caplog.text
@@ -46,7 +46,7 @@ def test_no_fallback_needed() -> None:
     b = OrtCpuBackend.__new__(OrtCpuBackend)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    b._session_with_fallback(fake, "m.onnx", so)
+    b._session_with_fallback(fake, "m.onnx", so, ["CPUExecutionProvider"])
     assert fake.opened == [ort.GraphOptimizationLevel.ORT_ENABLE_ALL] and b.optimization_fallback is None
 
 
@@ -58,4 +58,4 @@ def test_other_errors_propagate() -> None:
                                  get_available_providers=lambda: ["CPUExecutionProvider"])
     b = OrtCpuBackend.__new__(OrtCpuBackend)
     with pytest.raises(RuntimeError, match="file not found"):
-        b._session_with_fallback(fake, "m.onnx", ort.SessionOptions())
+        b._session_with_fallback(fake, "m.onnx", ort.SessionOptions(), ["CPUExecutionProvider"])

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, ConfigError, NoBackendError, RuntimeErrorBase
 from edgeq.sdk.bundle.manifest import EngineInfo
+from edgeq.sdk.runtime.backends.binding import Binder
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,16 @@ class BackendOptions:
         prefer: backend names to consider, in this order (None = every registered backend, by preference).
         intra_op_threads: ONNX Runtime intra-op threads (0 = library default, all cores).
         graph_optimization: ONNX Runtime graph optimization level: "disable" | "basic" | "extended" | "all".
+        device_id: the CUDA device the GPU backends run on.
+        profile_prefix: write an ONNX Runtime profile (a chrome-trace JSON, per session) with this file prefix;
+            for finding copies and slow nodes, off by default (it costs time on every run).
     """
 
     prefer: tuple[str, ...] | None = None
     intra_op_threads: int = 0
     graph_optimization: str = "all"
+    device_id: int = 0
+    profile_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.prefer is not None:
@@ -46,6 +52,8 @@ class BackendOptions:
             raise ConfigError("intra_op_threads must be >= 0")
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise ConfigError(f"unknown graph_optimization {self.graph_optimization!r}")
+        if self.device_id < 0:
+            raise ConfigError("device_id must be >= 0")
 
 
 class Backend(ABC):
@@ -83,6 +91,14 @@ class Backend(ABC):
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         """Run one inference. Outputs come back in ``output_names`` order."""
         return self._infer(feeds)
+
+    def binder(self, info: Any) -> Binder | None:
+        """I/O bindings on this backend's device for one LM generation (``binding.Binder``), or None.
+
+        With one, the decode loop keeps the KV cache in the backend's buffers; without, it goes through
+        ``infer`` as host arrays. ``info`` is the bundle's ModelInfo.
+        """
+        return None
 
     def close(self) -> None:
         if self._open_:

@@ -3,9 +3,13 @@
 The engine bytes come only through the store (read once, hashed, deserialized from memory). Where a
 bundle carries a build plan instead of an engine (Jetson/H100), the engine is built on first start
 with ``edgeq.sdk.engine.builder`` and cached through the version's cache hook when the store offers one.
-I/O uses named tensors, device buffers and one stream (``execute_async_v3``).
+I/O uses named tensors, device buffers of the device-memory layer (``cudart``, cuda-bindings) and one
+stream (``execute_async_v3``): inputs are allocated once at the optimization profile's maximum, and the
+decode loop's binder (``trt_io``) keeps the KV cache in device arenas sized at that maximum.
 
-NOT RUN on the build machine (no GPU): written against the shared TensorRT Python API and kept small.
+NOT RUN on a TensorRT engine here: no machine this project reaches executes one (full TensorRT does not
+install, TensorRT-RTX refuses sm90). Tested with a stand-in engine over the same device-memory layer,
+whose own calls are tested on the H200 (tests/gpu).
 """
 
 from __future__ import annotations
@@ -62,15 +66,19 @@ class _TrtBackend(Backend):
         return build_from_plan(version, engine)
 
     def _open(self, version: Any, engine: EngineInfo, options: BackendOptions) -> None:
-        from edgeq.sdk.runtime.backends.cudart import Stream
-
         trt = importlib.import_module(self.module)
-        data = self._engine_bytes(version, engine)
+        self._setup(trt, self._engine_bytes(version, engine), f"{version.model} v{version.version}")
+        self.description = f"{self.name} ({engine.path or 'built from ' + str(engine.plan)})"
+
+    def _setup(self, trt: Any, data: bytes, what: str) -> None:
+        """Deserialize the engine and allocate every binding once, at the optimization profile's maximum."""
+        from edgeq.sdk.runtime.backends.cudart import DeviceBuffer, Stream
+
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
-            raise RuntimeErrorBase(f"{self.flavour} could not deserialize the engine of {version.model} v{version.version}")
+            raise RuntimeErrorBase(f"{self.flavour} could not deserialize the engine of {what}")
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -78,12 +86,17 @@ class _TrtBackend(Backend):
         self.output_names = [n for n in names if not is_input[n]]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self.input_dtypes = {n: self._dtypes[n] for n in self.input_names}
-        from edgeq.sdk.runtime.backends.cudart import DeviceBuffer
-
-        self._buffers = {n: DeviceBuffer() for n in names}
+        #: the profile's maximum shape of every input (the engine was built with one profile)
+        self.max_shapes = {n: tuple(int(d) for d in self._engine.get_tensor_profile_shape(n, 0)[2])
+                           for n in self.input_names}
         self._infer_lock = threading.Lock()
         self._stream = Stream()
-        self.description = f"{self.name} ({engine.path or 'built from ' + str(engine.plan)})"
+        # Inputs at the profile maximum now; outputs when the first call shows their size (a logits tensor at
+        # the maximum batch x sequence x vocabulary can be gigabytes), then grown geometrically, never per call.
+        self._buffers = {n: DeviceBuffer() for n in names}
+        for n in self.input_names:
+            self._buffers[n].reserve(_nbytes(self.max_shapes[n], self._dtypes[n]))
+        self._binders: list[Any] = []
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         # One execution context, stream and buffer set serve every caller (requests and the monitor's
@@ -92,37 +105,56 @@ class _TrtBackend(Backend):
             return self._infer_locked(feeds)
 
     def _infer_locked(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        from edgeq.sdk.runtime.backends.cudart import copy_d2h, copy_h2d
+
         ctx, stream = self._context, self._stream
         keep = []  # host arrays must outlive the async copies
         for name in self.input_names:
             arr = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             keep.append(arr)
-            if not ctx.set_input_shape(name, arr.shape):
-                raise RuntimeErrorBase(f"{self.flavour}: input {name} shape {arr.shape} is outside the engine's "
-                                       "optimization profile", hint="check the target profile's shape ranges")
-            ptr = self._buffers[name].ensure(arr.nbytes)
-            if arr.nbytes:
-                stream.copy_h2d(ptr, arr.ctypes.data, arr.nbytes)
+            self._set_shape(name, arr.shape)
+            ptr = self._buffers[name].reserve(arr.nbytes)
+            copy_h2d(ptr, arr, tag=name, stream=stream)
             ctx.set_tensor_address(name, ptr)
         outs = []
         for name in self.output_names:
-            shape = tuple(ctx.get_tensor_shape(name))
-            out = np.empty(shape, dtype=self._dtypes[name])
-            ctx.set_tensor_address(name, self._buffers[name].ensure(out.nbytes))
+            out = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name])
+            ctx.set_tensor_address(name, self._buffers[name].reserve(out.nbytes))
             outs.append(out)
         if not ctx.execute_async_v3(stream.ptr):
             raise RuntimeErrorBase(f"{self.flavour} execution failed")
         for name, out in zip(self.output_names, outs):
-            if out.nbytes:
-                stream.copy_d2h(out.ctypes.data, self._buffers[name].ptr.value, out.nbytes)
+            copy_d2h(out, self._buffers[name].ptr, tag=name, stream=stream)
         stream.synchronize()
         return outs
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(name, shape):
+            raise RuntimeErrorBase(f"{self.flavour}: input {name} shape {shape} is outside the engine's "
+                                   f"optimization profile (max {self.max_shapes.get(name)})",
+                                   hint="check the target profile's shape ranges")
+
+    # -- the decode loop's binder ----------------------------------------------------------------------
+    def binder(self, info: Any) -> Any:
+        """Device bindings for one generation: KV arenas at the profile maximum, bound by address."""
+        from edgeq.sdk.runtime.backends.trt_io import TrtBinder
+
+        if "logits" not in self.output_names or "input_ids" not in self.max_shapes:
+            return None
+        return TrtBinder(self)
 
     def _close(self) -> None:
         for b in self._buffers.values():
             b.free()
         self._stream.destroy()
         self._context = self._engine = self._runtime = None
+
+
+def _nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * np.dtype(dtype).itemsize
 
 
 def build_from_plan(version: Any, engine: EngineInfo) -> bytes:
