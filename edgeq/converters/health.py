@@ -5,6 +5,12 @@ the reference outputs; the quantized ONNX is scored against them with the same c
 monitor uses (``edgeq.sdk.health.canary``), and those scores are the baseline the 2 % rule is applied to.
 Both run on ONNX Runtime CPU.
 
+Drift calibration: the quantized model's canaries are run again the other ways a healthy backend may
+run them (1 and 2 intra-op threads, row by row and in one batch) and with its outputs perturbed by one
+rounding unit of the graph's compute dtype (what any backend computing in FP16, say, does to them at
+least). The largest ``canary.drift`` among those is the bundle's ``drift_scale``: the device judges drift
+in multiples of it, so one limit means the same on a peaked model and on a near-uniform one.
+
 What is stored (kept small): LMs — C canary sequences of L tokens and, at every position, the
 reference top-k token ids and log-probs (int32 + float32; C=4, L=32, k=16 → 16 KiB before
 compression), not the full logits (SmolLM2's vocabulary would make that 25 MB). Encoders — C padded
@@ -14,6 +20,7 @@ outputs of one seeded random batch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +30,7 @@ from edgeq._fs import atomic_write_bytes, atomic_write_text
 from edgeq._version import __version__
 from edgeq.errors import ConfigError, ModelNotFoundError, ValidationError
 from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
-from edgeq.sdk.health.canary import lm_topk_reference, run_canary
+from edgeq.sdk.health.canary import CANARY_KINDS, CanaryResult, drift, lm_topk_reference, run_canary
 from edgeq.sdk.bundle.graph_io import session_input_dtypes
 from edgeq.sdk.bundle.health import CANARIES_NPZ, HEALTH_JSON, TASK_METRICS, HealthSpec, Thresholds, npz_bytes
 from edgeq.sdk.bundle.model_info import FEATURE_EXTRACTION, MODEL_INFO_NAME, TEXT_GENERATION, ModelInfo
@@ -31,6 +38,12 @@ from edgeq.sdk.bundle.graph_io import pool
 from edgeq.sdk.runtime.tokenizer import TOKENIZER_FILES, DeviceTokenizer
 
 EVAL_TEXT = Path(__file__).parent / "data" / "eval.txt"
+#: unit roundoff per compute dtype: the relative error one rounding to it may add to an output
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11}
+#: intra-op thread counts the calibration reruns with (ORT splits GEMMs differently per count)
+_CALIBRATION_THREADS = (1, 2)
+#: seeded output perturbations per calibration (the largest counts)
+_ROUNDING_DRAWS = 3
 
 
 def _session(onnx_dir: Path, threads: int) -> Any:
@@ -95,9 +108,72 @@ def _generic_canaries(session: Any, count: int) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _compute_dtype(q_dir: Path) -> str:
+    """The quantized graph's compute dtype, from the quantizer's record beside it (an FP export: float32)."""
+    from edgeq.converters.quantize import QUANT_CONFIG
+
+    p = q_dir / QUANT_CONFIG if q_dir.is_dir() else q_dir.parent / QUANT_CONFIG
+    dtype = json.loads(p.read_text()).get("compute_dtype", "float32") if p.is_file() else "float32"
+    if dtype not in UNIT_ROUNDOFF:
+        raise ConfigError(f"no rounding unit known for compute dtype {dtype!r}", hint=f"one of {sorted(UNIT_ROUNDOFF)}")
+    return dtype
+
+
+def _perturbed(run: Any, unit: float, rng: np.random.Generator) -> Any:
+    """``run`` with every float output multiplied by (1 + unit * U(-1, 1)): one rounding unit of noise."""
+    def wrapped(feeds: Any) -> dict[str, np.ndarray]:
+        outs = run(feeds)
+        return {k: v * (1.0 + unit * rng.uniform(-1.0, 1.0, v.shape)).astype(v.dtype)
+                if np.issubdtype(v.dtype, np.floating) else v for k, v in outs.items()}
+    return wrapped
+
+
+def calibrate_drift(q_dir: Path, arrays: dict[str, np.ndarray], info: ModelInfo, base: CanaryResult, *,
+                    compute_dtype: str, threads: int = 0, session: Any = None,
+                    seed: int = 0) -> tuple[float | None, dict[str, Any]]:
+    """The healthy run-to-run spread of the quantized model's canary fingerprint, in ``canary.drift`` units.
+
+    Args:
+        q_dir: the quantized model.
+        arrays / info: the canary arrays and the model's facts.
+        base: the canary result the baseline came from (the reference fingerprint).
+        compute_dtype: the graph's compute dtype ("float32" | "float16"): sets the rounding unit.
+        threads: the baseline's intra-op threads (0 = ONNX Runtime's default).
+        session: the baseline's session (``threads``), reused instead of loading the model again.
+    Returns (drift_scale, record): None when the task has no fingerprint; the record lists every spread.
+    """
+    if base.fingerprint is None:
+        return None, {}
+    sessions = {threads: session} if session is not None else {}
+    reruns: dict[str, float] = {}
+    # a task run row by row on the device also runs as one batch here (other GEMM shapes); a generic
+    # model's first axis need not be a batch, so it keeps its one way
+    batchings = (True, False) if CANARY_KINDS[info.task].row_by_row else (False,)
+    for t in sorted({*_CALIBRATION_THREADS, threads}):
+        if t not in sessions:
+            sessions[t] = _session(q_dir, t)
+        s = sessions[t]
+        for rows in batchings:
+            res = run_canary(_runner(s), arrays, session_input_dtypes(s), info, row_by_row=rows)
+            reruns[f"threads={t or 'default'},{'row_by_row' if rows else 'batched'}"] = drift(res.fingerprint, base.fingerprint)
+    unit = UNIT_ROUNDOFF[compute_dtype]
+    rng = np.random.default_rng(seed)
+    s = sessions[threads]
+    rounding = max(drift(run_canary(_perturbed(_runner(s), unit, rng), arrays, session_input_dtypes(s),
+                                    info).fingerprint, base.fingerprint) for _ in range(_ROUNDING_DRAWS))
+    scale = max(rounding, *reruns.values())
+    if not (np.isfinite(scale) and scale > 0.0):
+        raise ValidationError(f"drift calibration gave a spread of {scale!r}",
+                              hint="the quantized model's canary outputs are not finite or not reproducible")
+    record = {"compute_dtype": compute_dtype, "unit_roundoff": unit, "rounding_spread": rounding,
+              "rerun_spread": reruns, "scale": scale}
+    return float(scale), record
+
+
 def build_health_data(
     task: str, fp_onnx_dir: str | Path, q_onnx_dir: str | Path, out_dir: str | Path, *,
     count: int = 4, length: int = 32, top_k: int = 16, thresholds: Thresholds | None = None, threads: int = 0,
+    compute_dtype: str | None = None,
 ) -> list[tuple[str, str]]:
     """Write ``health/health.json`` and ``health/canaries.npz`` under ``out_dir``; return [(relpath, role)].
 
@@ -108,7 +184,10 @@ def build_health_data(
         out_dir: bundle staging directory (``health/`` is created in it).
         count / length: canaries and tokens per canary (LM) or max tokens per sentence (encoders).
         top_k: reference tokens stored per LM position.
-        thresholds: rollback thresholds (default: 2 % quality drop).
+        thresholds: rollback thresholds (default: 2 % quality drop, drift within 30 healthy spreads).
+        threads: ONNX Runtime intra-op threads for the baseline (0 = its default).
+        compute_dtype: the quantized graph's compute dtype (default: from its quant_config.json, else
+            float32): the rounding unit of the drift calibration.
     Raises ValidationError when the quantized model already gives NaN/Inf on the canaries.
     """
     if task not in TASK_METRICS:
@@ -138,10 +217,14 @@ def build_health_data(
     if not res.finite:
         raise ValidationError("the quantized model gives NaN/Inf on the health canaries",
                               hint="the quantized ONNX is broken; do not ship it")
+    scale, calibration = calibrate_drift(q_dir, arrays, info, res, threads=threads, session=q,
+                                         compute_dtype=compute_dtype or _compute_dtype(q_dir))
+    if calibration:
+        meta["drift_calibration"] = calibration
     spec = HealthSpec(task=task, metrics=TASK_METRICS[task], baseline=res.scores,
                       thresholds=thresholds or Thresholds(), online_baseline=res.online, canary=meta,
                       reference=f"unquantized ONNX ({fp_dir.name}), ONNX Runtime CPU",
-                      created_by=f"edgeq {__version__}")
+                      created_by=f"edgeq {__version__}", drift_scale=scale)
     (out / "health").mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CANARIES_NPZ, npz_bytes(arrays))
     atomic_write_text(out / HEALTH_JSON, spec.dumps())

@@ -36,9 +36,48 @@ def test_profile_round_trips_and_hash_is_stable(name: str) -> None:
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_every_field_has_a_reason_comment(name: str) -> None:
-    """Each top-level scalar field is preceded (somewhere above) by a comment block; count them."""
+    """Every key of the profile, in every table, has a comment on the line right above it or after its value.
+
+    ``[unsupported]`` values are themselves the reason shown to the user: each must say why and what to use."""
     text = (BUILTIN_DIR / f"{name}.toml").read_text()
-    assert text.count("\n#") >= 8, "profiles document their fields with hardware reasons"
+
+    def leaves(d: dict, prefix: str = "") -> set[str]:
+        return {k for key, v in d.items() for k in (leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else {prefix + key})}
+
+    def trailing_comment(line: str) -> bool:  # a '#' outside any string on the line
+        quote = None
+        for ch in line:
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                return True
+        return False
+
+    table, seen, bare = "", set(), []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            table = stripped.strip("[]").strip() + "."
+            continue
+        key = stripped.split("=", 1)[0].strip().strip('"')
+        assert "=" in stripped and "[" not in key, f"line {i + 1} is not one key = value: {line!r}"
+        seen.add(table + key)
+        if table == "unsupported.":
+            continue  # judged by value below
+        if not (trailing_comment(line) or (i > 0 and lines[i - 1].strip().startswith("#"))):
+            bare.append(table + key)
+    parsed = tomllib.loads(text)
+    empty_tables = {k for k, v in parsed.items() if v == {}}
+    # the line scan found exactly the keys TOML parses: no multi-line value or inline table hides a key
+    assert seen == leaves(parsed) - empty_tables, (sorted(seen ^ leaves(parsed)))
+    assert bare == [], f"{name}.toml: fields without a reason comment: {bare}"
+    for precision, why in parsed.get("unsupported", {}).items():
+        assert isinstance(why, str) and "; use " in why and len(why.split()) >= 6, (precision, why)
 
 
 def test_hardware_facts() -> None:

@@ -15,7 +15,9 @@ Metrics (all "higher is better", in [0, 1]):
 
 Each result also carries a ``fingerprint`` of the served outputs (LM: log-probs at the reference
 top-k tokens; encoders: raw pooled embeddings; generic: all outputs) and ``drift()`` measures the
-relative change between two fingerprints of the same version.
+relative change between two fingerprints of the same version. What drift is healthy depends on the
+model (how peaked its outputs are): the host producer measures each bundle's own run-to-run spread
+of ``drift()`` and the health spec judges drift in units of it (``HealthSpec.drift_scale``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class CanaryResult:
 
 
 def drift(now: np.ndarray, then: np.ndarray) -> float:
-    """mean|now - then| / mean|then|: relative change of a version's canary outputs (NaN stays NaN)."""
+    """mean|now - then| / mean|then|: relative change of a version's canary outputs (NaN stays NaN).
+
+    Judged against the bundle's measured healthy spread of this same quantity, never on its own."""
     if now.shape != then.shape:
         return float("inf")
     return float(np.abs(now - then).mean() / max(float(np.abs(then).mean()), 1e-12))
@@ -68,13 +72,14 @@ def register_canary(task: str) -> Callable[[CanaryKind], CanaryKind]:
 
 def run_canary(
     run: Callable[[Feeds], dict[str, np.ndarray]], arrays: dict[str, np.ndarray], inputs: Mapping[str, np.dtype],
-    info: ModelInfo,
+    info: ModelInfo, *, row_by_row: bool | None = None,
 ) -> CanaryResult:
     """Build the canary feeds for the model's ``inputs`` (name → dtype), run them through ``run`` (name → array
-    outputs) and score them."""
+    outputs) and score them. ``row_by_row`` overrides the task's default batching (the host's drift
+    calibration runs both ways; the device always runs the default)."""
     kind = CANARY_KINDS[info.task]
     feeds = kind.feeds(arrays, inputs, info)
-    if not kind.row_by_row:
+    if not (kind.row_by_row if row_by_row is None else row_by_row):
         return kind.score(arrays, run(feeds), info)
     rows = len(next(iter(feeds.values())))
     parts = [run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)]

@@ -10,8 +10,11 @@ differs from the canaries — they trigger an immediate canary, and the canary d
   ``thresholds.online_shift`` (relative) → canary now;
 - every ``every_requests`` requests or ``every_seconds`` seconds → canary.
 
-A canary breach (quality down more than the allowed drop, NaN/Inf, or the canary raising) is handed
-to the runtime, which falls back to the previous version.
+A canary breach (quality down more than the allowed drop, drift, NaN/Inf, or the canary raising) is
+handed to the runtime, which falls back to the previous version.
+
+The schedule is one deterministic step, ``Monitor.tick()``, that reads time only from an injectable
+clock; the background thread repeats it and sleeps in between, so tests step it without sleeping.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,8 @@ class MonitorConfig:
     """Monitor schedule and app overrides.
 
     Args:
-        enabled: run the background monitor at all.
+        enabled: run the background monitor thread. Off, nothing runs canaries unless the app calls
+            ``Monitor.tick()`` (or ``Runtime.check_health()``); counters and triggers still work.
         every_requests: run a canary after this many requests (0 = never by count).
         every_seconds: ... or after this many seconds, whichever comes first (0 = never by time).
         stats_every: compute live output statistics on one request (or decode step) in this many.
@@ -49,6 +53,8 @@ class MonitorConfig:
             took c seconds the next scheduled one waits at least c / max_overhead (a small model's
             canary batch costs ~10 requests, so "every 200 requests" alone could cost 5 %).
             Canaries triggered by a live NaN or shift are not delayed.
+        clock: the monitor's only source of time (schedule, overhead budget, canary cost), in seconds;
+            default ``time.monotonic``. A test passes a fake one and steps the monitor with ``tick()``.
     """
 
     enabled: bool = True
@@ -60,6 +66,7 @@ class MonitorConfig:
     thresholds: Thresholds | None = None
     check_on_load: bool = True
     max_overhead: float = 0.01
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.max_overhead <= 1.0:
@@ -70,6 +77,8 @@ class MonitorConfig:
             raise ConfigError("stats_every >= 1, window >= 8 and min_online_samples >= 1 are required")
         if self.min_online_samples > self.window:
             raise ConfigError("min_online_samples cannot exceed window")
+        if not callable(self.clock):
+            raise ConfigError(f"clock must be a callable returning seconds, got {self.clock!r}")
 
 
 class Ring:
@@ -93,14 +102,19 @@ class Ring:
 
 
 #: Canary reasons that the overhead budget may delay (live anomalies and version loads are never delayed).
-SCHEDULED = ("every_requests", "every_seconds", "schedule")
+SCHEDULED = ("every_requests", "every_seconds")
 
 
 class Monitor:
     """Schedules canaries and keeps live statistics for one runtime.
 
     ``run_canary(reason)`` is the runtime's: it runs the canary on the serving version and handles a
-    breach. ``baseline`` returns the serving version's online baseline (it changes on fallback).
+    breach. Time comes only from ``cfg.clock``: the schedule, the overhead budget and canary costs are
+    read from it, so a test can step the monitor with a fake clock.
+
+    One step of the schedule is ``tick()``: it runs the canary that is due now, if any. The background
+    thread (``start``) only calls ``tick`` in a loop and sleeps until the next canary can be due or a
+    trigger wakes it; an app (or a test) that wants no thread leaves ``enabled`` off and calls ``tick``.
     """
 
     def __init__(self, cfg: MonitorConfig, name: str, run_canary: Callable[[str], Any],
@@ -108,6 +122,7 @@ class Monitor:
         self.cfg = cfg
         self._run_canary = run_canary
         self._nonfinite_counter = nonfinite_counter
+        self._clock = clock = cfg.clock
         self.latency: deque[float] = deque(maxlen=cfg.window)  # append is atomic and allocation-free
         self.online = Ring(cfg.window)
         self.online_key = ""  # "entropy" or "norm"
@@ -119,9 +134,11 @@ class Monitor:
         self._tick = 0
         self._online_judged_at = 0
         self._reason: str | None = None
+        self._reason_lock = threading.Lock()  # trigger() runs on request threads, tick() on the monitor's
+        self._tick_lock = threading.Lock()  # one canary at a time, whoever steps the loop
         self._wake = threading.Event()
-        self._interrupt = threading.Event()
-        self._not_before = 0.0
+        self._not_before = clock()  # the overhead budget: no scheduled canary before this
+        self._next_timed = clock() + cfg.every_seconds if cfg.every_seconds else None
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name=f"edgeq-monitor-{name}", daemon=True)
 
@@ -132,10 +149,14 @@ class Monitor:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop = True
-        self._interrupt.set()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is alive."""
+        return self._thread.is_alive()
 
     def reset(self, online_key: str, baseline: dict[str, float], online_shift: float) -> None:
         """A new version serves: judge live statistics against its baseline (and shift limit) from scratch."""
@@ -149,13 +170,21 @@ class Monitor:
             self.trigger("version_loaded")
 
     def trigger(self, reason: str) -> None:
-        """Ask for a canary as soon as the monitor thread is free (cheap; callable from any thread)."""
-        urgent = reason not in SCHEDULED
-        if self._reason is None or (urgent and self._reason in SCHEDULED):
-            self._reason = reason
-            self._wake.set()
-            if urgent:
-                self._interrupt.set()  # cut short a wait for the overhead budget
+        """Ask for a canary as soon as the monitor is free (cheap; callable from any thread).
+
+        An urgent reason (anything not in SCHEDULED) replaces a pending scheduled one and is not held
+        back by the overhead budget."""
+        with self._reason_lock:
+            if self._reason is None or (reason not in SCHEDULED and self._reason in SCHEDULED):
+                self._reason = reason
+            else:
+                return
+        self._wake.set()
+
+    @property
+    def pending(self) -> str | None:
+        """The triggered canary not run yet (None: nothing asked for)."""
+        return self._reason
 
     # -- hot path --------------------------------------------------------------------------------
     def on_request(self, seconds: float) -> None:
@@ -204,28 +233,52 @@ class Monitor:
             out[f"{self.online_key}_baseline_mean"] = self.online_base[0]
         return out
 
-    # -- the monitor thread -----------------------------------------------------------------------
-    def _loop(self) -> None:
-        period = self.cfg.every_seconds or None
-        while not self._stop:
-            fired = self._wake.wait(timeout=period)
-            if self._stop:
-                return
-            self._wake.clear()
-            reason = self._reason or ("every_seconds" if not fired else "schedule")
-            delay = self._not_before - time.monotonic()
-            if reason in SCHEDULED and delay > 0:
-                self._interrupt.wait(delay)  # the overhead budget; a live anomaly or stop() ends it early
-                if self._stop:
-                    return
-                reason = self._reason or reason
-            self._interrupt.clear()
-            self._reason = None
+    # -- one step of the schedule, and the thread that repeats it --------------------------------------
+    def due(self) -> str | None:
+        """The reason of the canary that should run now, or None."""
+        now = self._clock()
+        reason = self._reason
+        if reason is None and self._next_timed is not None and now >= self._next_timed:
+            reason = "every_seconds"
+        if reason in SCHEDULED and now < self._not_before:
+            return None  # the overhead budget holds scheduled canaries back
+        return reason
+
+    def tick(self) -> str | None:
+        """Run the canary that is due now, if any; return its reason (None: nothing was due).
+
+        The canary's own failure is logged, never raised: the monitor must outlive any one failed check."""
+        with self._tick_lock:
+            with self._reason_lock:
+                reason = self.due()
+                if reason is None:
+                    return None
+                self._reason = None
             self._since = 0
             self.canaries += 1
-            t0 = time.monotonic()
+            t0 = self._clock()
             try:
                 self._run_canary(reason)
-            except Exception:  # the monitor must outlive any one failed check
+            except Exception:
                 log.exception("canary check failed unexpectedly")
-            self._not_before = time.monotonic() + (time.monotonic() - t0) / self.cfg.max_overhead
+            t1 = self._clock()
+            self._not_before = t1 + (t1 - t0) / self.cfg.max_overhead
+            if self.cfg.every_seconds:
+                self._next_timed = t1 + self.cfg.every_seconds
+            return reason
+
+    def seconds_to_next(self) -> float | None:
+        """How long nothing can become due without a trigger (None: until a trigger)."""
+        now = self._clock()
+        waits = []
+        if self._reason is not None:
+            waits.append(self._not_before - now)  # a scheduled reason held back by the budget
+        if self._next_timed is not None:
+            waits.append(max(self._next_timed, self._not_before) - now)
+        return max(0.0, min(waits)) if waits else None
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._wake.clear()  # before tick(): a trigger from now on ends the wait below
+            if self.tick() is None and not self._stop:
+                self._wake.wait(self.seconds_to_next())

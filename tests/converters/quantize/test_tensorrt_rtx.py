@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from edgeq.converters.quantize import get_config, quantize
 
 from .trt_helpers import build_rtx
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None,
-                                reason="tensorrt_rtx_bindings not installed")
+pytestmark = pytest.mark.trt_rtx  # skipped without TensorRT-RTX, an error in CI (tests/conftest.py)
 
 
 @pytest.mark.parametrize("scheme", ["int4-awq", "fp8", "int8"])

@@ -1,4 +1,5 @@
-"""Fault injectors for the serving handle of a runtime (tests only; they patch the live backend)."""
+"""Fault injectors for the serving handle of a runtime (tests only; they patch the live backend), and a
+fake clock to step the monitor with."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def swap_weights(rt: Any, onnx: Path) -> int:
     so.intra_op_num_threads = 1
     h.backend._run = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"]).run
     return h.version
+
+
+class FakeClock:
+    """A monotonic clock for ``MonitorConfig(clock=...)`` that moves only when a test moves it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now

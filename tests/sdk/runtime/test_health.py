@@ -35,10 +35,38 @@ def test_nan_never_passes(bad: float) -> None:
     assert not spec.judge({"kl_quality": 1.0}, finite=True).ok  # a missing metric is a breach
 
 
-def test_drift_limit() -> None:
+def test_uncalibrated_drift_keeps_the_fixed_relative_limit() -> None:
     spec = _spec(thresholds=Thresholds(max_drift=0.01))
+    assert spec.drift_scale is None and spec.drift_limit() == 0.01
     assert spec.judge({"top1": 0.9, "kl_quality": 0.99}, finite=True, drift=0.009).ok
     assert not spec.judge({"top1": 0.9, "kl_quality": 0.99}, finite=True, drift=0.011).ok
+
+
+def test_drift_is_judged_in_units_of_the_bundle_spread() -> None:
+    good = {"top1": 0.9, "kl_quality": 0.99}
+    spec = _spec(drift_scale=1e-6, thresholds=Thresholds(max_drift=0.5, max_drift_z=30.0))
+    assert spec.drift_limit() == pytest.approx(3e-5)  # max_drift no longer applies
+    v = spec.judge(good, finite=True, drift=2.9e-5)
+    assert v.ok and v.scores["drift_z"] == pytest.approx(29.0) and v.limits["drift_z"] == 30.0
+    v = spec.judge(good, finite=True, drift=3.1e-5)
+    assert not v.ok and "31.0 x the healthy spread" in v.breaches[0]
+    assert spec.judge(good, finite=True, drift=0.0).ok  # a deterministic backend repeats itself exactly
+    # the same z limit on a model whose healthy spread is 100x larger allows 100x more drift
+    assert _spec(drift_scale=1e-4).judge(good, finite=True, drift=2.9e-3).ok
+
+
+def test_schema_one_bundles_still_read_and_drift_scale_is_checked() -> None:
+    v2 = _spec(drift_scale=2e-7)
+    old = {k: v for k, v in v2.to_dict().items() if k != "drift_scale"}
+    old["schema_version"] = 1
+    old["thresholds"] = {"max_quality_drop": 0.02, "max_drift": 0.002, "online_shift": 0.5}  # as v1 wrote them
+    back = HealthSpec.from_dict(old)
+    assert back.schema_version == 1 and back.drift_scale is None and back.drift_limit() == 0.002
+    assert HealthSpec.from_bytes(v2.dumps().encode(), None).drift_scale == 2e-7
+    for bad in ({**v2.to_dict(), "schema_version": 1}, {**v2.to_dict(), "drift_scale": 0.0},
+                {**v2.to_dict(), "drift_scale": math.nan}, {**v2.to_dict(), "drift_scale": -1.0}):
+        with pytest.raises(BundleError):
+            HealthSpec.from_dict(bad)
 
 
 def test_thresholds_validate() -> None:
@@ -46,6 +74,8 @@ def test_thresholds_validate() -> None:
         Thresholds(max_quality_drop=1.5)
     with pytest.raises(ConfigError):
         Thresholds(max_drift=0)
+    with pytest.raises(ConfigError):
+        Thresholds(max_drift_z=0)
 
 
 def test_round_trip_and_refusals() -> None:
@@ -73,8 +103,15 @@ def test_lm_health_data_is_small_and_reproduces_its_baseline(tiny_llama_onnx: Pa
     assert (tmp_path / CANARIES_NPZ).stat().st_size < 64 * 1024
     spec = HealthSpec.from_bytes((tmp_path / HEALTH_JSON).read_bytes(), (tmp_path / CANARIES_NPZ).read_bytes())
     assert spec.arrays["ref_topk_ids"].shape == (4, 32, 16)
-    # an int8-weight tiny model agrees with its FP reference closely, but not perfectly
+    # edgeq's int8-wo on the tiny model agrees with its FP reference closely, but not perfectly
     assert 0.9 <= spec.baseline["top1"] <= 1.0 and 0.99 < spec.baseline["kl_quality"] < 1.0
+    # the drift unit: the largest healthy spread; ONNX Runtime CPU repeats itself, so on an FP32 graph
+    # it is one FP32 rounding of the logits (relative to the log-probs: below the unit roundoff)
+    cal = spec.canary["drift_calibration"]
+    assert cal["compute_dtype"] == "float32" and spec.drift_scale == cal["scale"]
+    assert spec.drift_scale == max(cal["rounding_spread"], *cal["rerun_spread"].values())
+    assert 0 < spec.drift_scale < cal["unit_roundoff"]
+    assert set(cal["rerun_spread"]) == {f"threads={t},{b}" for t in (1, 2) for b in ("row_by_row", "batched")}
     s = ort.InferenceSession(str(tiny_q_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
     info = ModelInfo.from_bytes((tiny_llama_onnx / "edgeq_model.json").read_bytes())

