@@ -202,5 +202,5 @@ def test_fallback_under_concurrent_load_on_the_gpu(gpu_bundles: dict[str, Path],
             assert _wait(lambda: load.completed > done_at_switch + 40)  # serving goes on, on v1
         assert load.errors == [] and load.completed == load.issued, load.errors[:3]
         assert 2 in load.versions and load.versions[-1] == 1
-        assert "CUDAExecutionProvider" in rt.backend_name and rt.status()["fallbacks"] == 1
+        assert "CUDAExecutionProvider" in rt.backend_name and rt.status().fallbacks == 1
         assert [e["event"] for e in events].count("fallback") == 1
