@@ -60,6 +60,16 @@ def test_streaming_concatenates_to_the_text(rt: Runtime) -> None:
     assert "".join(pieces) == stream.result.text == rt.generate("In May 2000, Guido", max_new_tokens=20).text
 
 
+def test_a_generation_runs_once(rt: Runtime) -> None:
+    """Iterating a streamed generation a second time is refused; it never runs the model again."""
+    stream = rt.generate("In May 2000, Guido", max_new_tokens=4, stream=True)
+    first = "".join(stream)
+    served = rt.requests_served
+    with pytest.raises(ConfigError, match="already run"):
+        list(stream)
+    assert rt.requests_served == served and stream.result.text == first and len(stream.results) == 1
+
+
 def test_chat_messages_use_the_template(rt: Runtime) -> None:
     msgs = [{"role": "user", "content": "hello"}]
     tok = rt._current.tokenizer
