@@ -26,6 +26,8 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "h100_fp8": ("H100 FP8 (device run)", "python benchmarks/prepare_h100_payload.py, then on the H100: "
                  "python benchmarks/bench_h100_fp8.py --payload .cache/h100_payload --out $OUT", "est. 2 min on the GPU"),
     "cpi": ("Cost per inference", "python benchmarks/bench_cpi.py", "seconds (reads speed.json, h100_fp8.json)"),
+    "serve": ("Serving over HTTP (loopback)", "python benchmarks/bench_serve.py", "est. a few minutes"),
+    "moe": ("Mixture of experts: graph formulations", "python benchmarks/bench_moe.py", "est. 1-2 min"),
 }
 
 
