@@ -203,7 +203,7 @@ def test_not_enough_disk_refused_before_work(tmp_path: Path, monkeypatch: pytest
 # -- failures during the work leave nothing behind -----------------------------------------------
 def _fake_quantize(onnx_path: Path):
     """Stand in for the quantizer's output with a hand-made ONNX (the failure is downstream of it)."""
-    def fake(loaded, precision, profile, out_dir, overrides):
+    def fake(loaded, precision, profile, out_dir, overrides, keep=False):
         out_dir.mkdir()
         shutil.copy(onnx_path, out_dir / "model.onnx")
         return out_dir, out_dir / "model.onnx", {}, {"scheme": precision}
