@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         from edgeq.converters.build_checks import checked_profiles
-        from edgeq.sdk.bundle.model_info import CONVERTIBLE_TASKS
+        from edgeq.targets.profile import KNOWN_TASKS as CONVERTIBLE_TASKS
 
         table = Table()
         for col in ("target", "GPU", "engine", "built on", *CONVERTIBLE_TASKS, "no", "memory (default)"):
