@@ -64,6 +64,16 @@ def test_gpu_greedy_matches_cpu_on_the_same_fp16_graph(gpu_bundles: dict[str, Pa
                 f"{bundle} row {r} diverged at step {diverged} without a near-tie on the CPU"
 
 
+def test_device_greedy_survives_a_change_of_batch_size(gpu_bundles: dict[str, Path]) -> None:
+    """One runtime, generations of batch 1, 3, 1: the reused binder keeps sampling on the device."""
+    with Runtime.open(gpu_bundles["tiny-llama-fp16-v1"], backend=GPU, monitor=OFF) as gpu:
+        for batch in (1, 3, 1):
+            toks, logits = _greedy_with_logits(gpu, PROMPTS[:batch], 6)
+            (state,) = gpu._current.stepper._free
+            assert state.binder._sampler_io is not None, f"greedy left the device at batch {batch}"
+            assert (np.stack([lg.argmax(-1) for lg in logits], axis=1) == toks).all()
+
+
 def test_no_kv_byte_crosses_to_the_host(gpu_bundles: dict[str, Path], tmp_path: Path) -> None:
     bundle = gpu_bundles["tiny-llama-fp16-v1"]
     with Runtime.open(bundle, backend=GPU, monitor=OFF) as rt:

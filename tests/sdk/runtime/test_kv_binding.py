@@ -265,3 +265,16 @@ def test_greedy_graph_is_the_one_documented() -> None:
     (got,) = s.run(None, {"logits": x})
     np.testing.assert_array_equal(got[:, 0], x[:, -1].argmax(-1))
     assert got.shape == (3, 1) and got[1, 0] == 7
+
+
+def test_the_greedy_sampler_follows_the_batch_size_between_runs() -> None:
+    """The sampler's host output is allocated at its first run; a later run of another batch size (a new
+    generation reusing the binder) must rebind it, not fail on the shape (measured on the H200: batch 8 after
+    batch 1 failed and greedy fell back to the host)."""
+    from edgeq.sdk.runtime.backends.ort_io import GreedySampler, SamplerBinding
+
+    sb = SamplerBinding(ort, GreedySampler(ort, ["CPUExecutionProvider"]), "cpu", 0)
+    rng = np.random.default_rng(1)
+    for batch, seq in ((1, 1), (8, 1), (3, 4), (3, 4), (1, 1)):
+        x = np.ascontiguousarray(rng.standard_normal((batch, seq, 50)).astype(np.float32))
+        np.testing.assert_array_equal(sb.run(x.shape, x.ctypes.data), x[:, -1].argmax(-1))

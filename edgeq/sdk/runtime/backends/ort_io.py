@@ -67,6 +67,30 @@ class GreedySampler:
         self.session = ort.InferenceSession(GREEDY_LAST_ONNX, so, providers=providers)
 
 
+class SamplerBinding:
+    """One binder's IOBinding of the :class:`GreedySampler`: logits in by pointer, one int64 per row out.
+
+    The output is bound to the host by device only, so ONNX Runtime allocates it at the first run and keeps
+    that value bound; a run with another batch size would then fail on the shape. So whenever the logits'
+    shape or buffer changes, both bindings are made again (the output unallocated).
+    """
+
+    def __init__(self, ort: Any, sampler: GreedySampler, device: str, device_id: int) -> None:
+        self._sess = sampler.session
+        self._io = self._sess.io_binding()
+        self._bind_in = _Bind(ort, self._io, device, device_id).input
+        self._bound: tuple[tuple[int, int, int], int] | None = None
+
+    def run(self, shape: tuple[int, int, int], ptr: int) -> np.ndarray:
+        if (shape, ptr) != self._bound:
+            self._bind_in("logits", np.float32, shape, ptr)
+            self._io.clear_binding_outputs()
+            self._io.bind_output("next_tokens", "cpu")
+            self._bound = (shape, ptr)
+        self._sess.run_with_iobinding(self._io)
+        return self._io.copy_outputs_to_cpu()[0].reshape(-1)
+
+
 class OrtBinder(Binder):
     """IOBinding of one ONNX Runtime session for one generation at a time (see ``binding.Binder``)."""
 
@@ -82,15 +106,10 @@ class OrtBinder(Binder):
         self._logits = self.new_buffer()
         self._rows = self._n = 0
         self._logits_bound: tuple[tuple[int, int, int], int] | None = None
-        self._sampler_bound: tuple[tuple[int, int, int], int] | None = None
         self._tokens: np.ndarray | None = None
-        self._sampler_io = None
+        self._sampler_io: SamplerBinding | None = None
         if sampler is not None and device == "cuda" and self._ldtype == np.float32:
-            self._sampler_io = sampler.session.io_binding()
-            sb = _Bind(ort, self._sampler_io, device, device_id)
-            self._sampler_in = sb.input
-            self._sampler_io.bind_output("next_tokens", "cpu")  # one int64 per row: all a greedy step returns
-            self._sampler_sess = sampler.session
+            self._sampler_io = SamplerBinding(ort, sampler, device, device_id)
         self._on_cuda = device == "cuda"
 
     def new_buffer(self) -> Buffer:
@@ -122,11 +141,7 @@ class OrtBinder(Binder):
         self._tokens = None
         if self._sampler_io is not None:
             try:
-                if (shape, ptr) != self._sampler_bound:
-                    self._sampler_in("logits", np.float32, shape, ptr)
-                    self._sampler_bound = (shape, ptr)
-                self._sampler_sess.run_with_iobinding(self._sampler_io)
-                self._tokens = self._sampler_io.copy_outputs_to_cpu()[0].reshape(-1)
+                self._tokens = self._sampler_io.run(shape, ptr)
                 cudart.COPIES.record("d2h", "next_tokens", self._tokens.nbytes)
             except Exception as exc:  # a provider without the ops: sample on the host from the copied logits
                 log.warning("greedy sampling on the device failed (%s); sampling on the host from now on",
