@@ -3,7 +3,9 @@
 # onnxruntime-gpu wheel travels in pieces, a few a call, gathered in /tmp/w while the machine stays warm;
 # the code and payload travel once, to /tmp/g, and again only when a call carries them).
 #   bash .gpu/src/benchmarks/gpu_run.sh 1       (or /tmp/g/src/benchmarks/gpu_run.sh 2|3 on later calls)
-#        1 = probe + device-memory tests, 2 = fill the weights, 3 = transformers BF16 baselines
+#        1 = probe + device-memory tests + fill the weights, 3 = transformers BF16 baselines,
+#        loader = transformers' FP8 loader on edgeq's checkpoints (benchmarks/gpu_fp8_loader_check.py; the
+#        payload's large safetensors travel as pieces L*.part, like the wheel), probe = benchmarks/gpu_probe.py
 #   bash /tmp/g/src/benchmarks/gpu_run.sh final   reassemble + check + install, tests/gpu, bench_gpu.py
 # Whatever a call carried under .gpu/p*/ is copied to /tmp/w first. Results land in $OUT (what the tool
 # brings back). Host side: benchmarks/gpu_stage.sh lays out .gpu/.
@@ -15,7 +17,9 @@ G=/tmp/g
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/w /tmp/site "$G" "$OUT"
 cp "$C"/p*/* /tmp/w/ 2>/dev/null
-for d in src payload deps; do [ -d "$C/$d" ] && rm -rf "${G:?}/$d" && cp -r "$C/$d" "$G/$d"; done
+# a folder travels again only when this call carried it whole (a path a call does not name is removed there)
+[ -f "$C/src/benchmarks/gpu_run.sh" ] && rm -rf "${G:?}/src" && cp -r "$C/src" "$G/src"
+for d in payload deps loader; do [ -n "$(ls -A "$C/$d" 2>/dev/null)" ] && rm -rf "${G:?}/$d" && cp -r "$C/$d" "$G/$d"; done
 [ -f "$C/COMMIT" ] && cp "$C/COMMIT" "$C/ort-gpu.sha256" "$G/"
 echo "== /tmp/w:"; ls -l /tmp/w; echo "== /tmp/g:"; ls /tmp/g
 # CUDA 13 libraries ONNX Runtime's CUDA provider and genai need: torch's nvidia wheels and the toolkit
@@ -41,7 +45,7 @@ for lib in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcuran
     except OSError as e: print(lib, "FAILS", str(e)[:120])
 EOF
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_devmem.py 2>&1 | tee "$OUT/devmem_tests.log"
-    ;;
+    ;&
   2)
     timeout 200 python3 - <<'EOF' 2>&1 | tee "$OUT/fill.log"
 import shutil
@@ -57,6 +61,19 @@ EOF
   3)
     timeout 400 $BENCH --only torch --out /tmp/torch_out 2>&1 | tee "$OUT/torch.log"
     cp /tmp/torch_out/gpu.json "$OUT/torch.json" 2>/dev/null
+    ;;
+  loader)
+    L=$G/loader
+    for f in "$L"/*/model.safetensors.sha256; do
+      d=$(dirname "$f"); cat /tmp/w/"$(basename "$d")".L*.part > "$d/model.safetensors" || exit 3
+      (cd "$d" && sha256sum -c model.safetensors.sha256) || { echo "loader pieces missing or damaged"; exit 3; }
+    done
+    timeout 300 python3 "$L/gpu_fp8_loader_check.py" check "$L" 2>&1 | tee "$OUT/loader.log"
+    cp "$L/results.json" "$OUT/loader_results.json" 2>/dev/null
+    ;;
+  probe)
+    timeout 400 python3 benchmarks/gpu_probe.py --work /tmp/edgeq-gpu-bench --out "$OUT" \
+      --models smollm2-fp16 smollm2-int4-awq smollm2-fp8 2>&1 | tee "$OUT/probe_run.log"
     ;;
   final)
     W=onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
