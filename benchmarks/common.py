@@ -71,13 +71,20 @@ def git_commit() -> dict[str, Any]:
     return {"commit": head, "dirty": bool(status) if status is not None else None}
 
 
+#: a package that installs under another distribution's name: the one whose module is imported wins
+_AKA = {"onnxruntime": ("onnxruntime-gpu",), "onnxruntime-genai": ("onnxruntime-genai-cuda",)}
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = None
+        for dist in (*_AKA.get(name, ()), name):  # e.g. onnxruntime-gpu on PYTHONPATH over the image's CPU build
+            try:
+                out[name] = metadata.version(dist) + ("" if dist == name else f" ({dist})")
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 

@@ -28,6 +28,9 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "cpi": ("Cost per inference", "python benchmarks/bench_cpi.py", "seconds (reads speed.json, h100_fp8.json)"),
     "serve": ("Serving over HTTP (loopback)", "python benchmarks/bench_serve.py", "est. a few minutes"),
     "moe": ("Mixture of experts: graph formulations", "python benchmarks/bench_moe.py", "est. 1-2 min"),
+    "gpu": ("GPU runtime on the H200 (device run)", "python benchmarks/gpu_payload.py; bash benchmarks/gpu_stage.sh; "
+            "benchmarks/gpu_run.sh 1|3|loader|final|probe on the H200; python benchmarks/gpu_result.py",
+            "est. 10 min of device time"),
 }
 
 
