@@ -1,7 +1,7 @@
-"""TensorRT engine backends: full TensorRT (Jetson, H100) and TensorRT-RTX (RTX GPUs).
+"""TensorRT engine backends: full TensorRT (Jetson, Hopper servers) and TensorRT-RTX (RTX GPUs).
 
 The engine bytes come only through the store (read once, hashed, deserialized from memory). Where a
-bundle carries a build plan instead of an engine (Jetson/H100), the engine is built on first start
+bundle carries a build plan instead of an engine (Jetson, Hopper), the engine is built on first start
 with ``edgeq.sdk.engine.builder`` and cached through the version's cache hook when the store offers one.
 I/O uses named tensors, device buffers of the device-memory layer (``cudart``, cuda-bindings) and one
 stream (``execute_async_v3``): inputs are allocated once at the optimization profile's maximum, and the
@@ -191,7 +191,7 @@ def build_from_plan(version: Any, engine: EngineInfo) -> bytes:
 
 @register_backend
 class TensorRTBackend(_TrtBackend):
-    """Full TensorRT (Jetson Orin, H100): engines serialized for this GPU and library version."""
+    """Full TensorRT (Jetson Orin/Thor, Hopper servers): engines serialized for this GPU and library version."""
 
     name = "tensorrt"
     priority = 10
