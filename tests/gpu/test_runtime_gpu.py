@@ -4,8 +4,6 @@ the KV cache never through the host, canaries, and fallback under concurrent loa
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from edgeq.sdk.health.monitor import MonitorConfig
 from edgeq.sdk.runtime.backends import BackendOptions, cudart
 from edgeq.sdk.runtime.decode import GenerationConfig, generate_ids
 from edgeq.sdk.runtime.runtime import Runtime
+from tests.sdk.runtime.faults import Load, lm_feeds, nan_in_logits, wait_for, wrap_outputs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("ort_gpu")]
 GPU = BackendOptions(prefer=("onnxruntime-gpu",))
@@ -25,6 +24,7 @@ PROMPTS = ["Python was created in the early", "a", "Guido remains Python's princ
 #: FP16 accumulation differs between the CUDA kernels and ONNX Runtime's CPU ones: logits agree to this
 #: fraction of their largest magnitude until the first step whose top two the difference can swap.
 REL_TOL = 2e-2
+WAIT_S = 60.0  # a GPU first start (CUDA context, kernels) takes longer than the CPU tests wait
 
 
 def _greedy_with_logits(rt: Runtime, prompts: list[str], n: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -137,61 +137,8 @@ def test_canaries_pass_on_the_gpu(gpu_bundles: dict[str, Path]) -> None:
             assert v2.ok and "CUDAExecutionProvider" in rt.backend_name, (name, v2)
 
 
-class Load:
-    """Threads mixing generate and infer against one runtime, every outcome recorded."""
-
-    def __init__(self, rt: Runtime, feeds: dict[str, np.ndarray], threads: int = 4) -> None:
-        self.rt, self.feeds = rt, feeds
-        self.completed = self.issued = 0
-        self.errors: list[BaseException] = []
-        self.versions: list[int] = []
-        self._lock, self._stop = threading.Lock(), threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            with self._lock:
-                self.issued += 1
-            try:
-                if (n + i) % 3 == 0:
-                    v = self.rt.generate("Python was created", max_new_tokens=6).version
-                else:
-                    self.rt.infer(self.feeds)
-                    v = -1
-                with self._lock:
-                    self.completed += 1
-                    if v > 0:
-                        self.versions.append(v)
-            except BaseException as exc:  # noqa: BLE001 - every failure counts
-                with self._lock:
-                    self.errors.append(exc)
-            n += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-
-def _wait(cond: Any, timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_fallback_under_concurrent_load_on_the_gpu(gpu_bundles: dict[str, Path], tmp_path: Path) -> None:
-    from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
     from edgeq.sdk.store.store import Store
-    from tests.sdk.runtime.faults import nan_in_logits, wrap_outputs
 
     store = Store(tmp_path / "store", allow_unsigned=True)
     store.install(gpu_bundles["tiny-llama-fp16-v1"])
@@ -200,16 +147,13 @@ def test_fallback_under_concurrent_load_on_the_gpu(gpu_bundles: dict[str, Path],
     cfg = MonitorConfig(every_requests=10, every_seconds=0, max_overhead=1.0)
     with Runtime.open(store.root, "tiny-llama", backend=GPU, monitor=cfg, on_event=events.append) as rt:
         assert rt.version == 2 and "CUDAExecutionProvider" in rt.backend_name
-        assert _wait(lambda: rt._current.fingerprint is not None), "first canary never ran"
-        h = rt._current
-        feeds = lm_prefill_feeds(np.array([h.tokenizer.encode("Guido remains Python's principal author")]),
-                                 h.backend.input_dtypes, h.info)
-        with Load(rt, feeds) as load:
-            assert _wait(lambda: load.completed > 40)
+        assert wait_for(lambda: rt._current.fingerprint is not None, WAIT_S), "first canary never ran"
+        with Load(rt, lm_feeds(rt), threads=4, generate_every=3, tokens=6) as load:
+            assert wait_for(lambda: load.completed > 40, WAIT_S)
             wrap_outputs(rt, nan_in_logits)  # v2 starts returning NaN logits to every caller
-            assert _wait(lambda: rt.version == 1), rt.status()
+            assert wait_for(lambda: rt.version == 1, WAIT_S), rt.status()
             done_at_switch = load.completed
-            assert _wait(lambda: load.completed > done_at_switch + 40)  # serving goes on, on v1
+            assert wait_for(lambda: load.completed > done_at_switch + 40, WAIT_S)  # serving goes on, on v1
         assert load.errors == [] and load.completed == load.issued, load.errors[:3]
         assert 2 in load.versions and load.versions[-1] == 1
         assert "CUDAExecutionProvider" in rt.backend_name and rt.status().fallbacks == 1

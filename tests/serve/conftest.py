@@ -5,8 +5,7 @@ Servers run uvicorn in-process on 127.0.0.1, port 0, in a daemon thread, and are
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +61,3 @@ def client(url: str, **kw: Any) -> Any:
     import openai
 
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=kw.pop("timeout", 30), **kw)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()

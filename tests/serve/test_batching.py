@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from edgeq.sdk import BackgroundServer, Runtime, ServeConfig, Store
-from tests.sdk.runtime.faults import nan_in_logits, wrap_outputs
-from tests.serve.conftest import LM, QUIET, client, wait_for
+from tests.sdk.runtime.faults import WAIT_S, Steps, nan_in_logits, wait_for, wrap_outputs
+from tests.serve.conftest import LM, QUIET, client
 
 PROMPTS = ["Python was created", "The license terms", "Guido remains Python's principal author", "a", "Zope",
            "In May 2000, Guido", "Python releases have also been GPL-compatible", "hello"]
@@ -50,17 +50,22 @@ def test_sixteen_concurrent_clients_are_batched_and_correct(lm_rt: Runtime) -> N
 
 
 LONG = 300
+#: the tests below hold every decode step after this one until the client's cancellation arrives, so a
+#: request cannot end on its own before its client leaves, however fast the machine decodes
+HOLD = 20
 
 
 @pytest.fixture(scope="module")
 def long_prompt(lm_rt: Runtime) -> str:
-    """A prompt the model runs for LONG tokens when nobody stops it: an early end can only be a cancellation."""
+    """A prompt the model runs for LONG tokens when nobody stops it: an early end can only be a cancellation.
+    Its first HOLD steps stream more than two pieces of text (what a streaming client reads before leaving)."""
     assert lm_rt.generate("Python was created", max_new_tokens=LONG).finish_reason == "length"
+    assert len(list(lm_rt.stream("Python was created", max_new_tokens=HOLD))) > 2
     return "Python was created"
 
 
 def test_client_leaving_mid_stream_frees_its_slot(lm_rt: Runtime, long_prompt: str) -> None:
-    with BackgroundServer([lm_rt], ServeConfig(port=0)) as s:
+    with Steps(lm_rt, hold_after=HOLD) as steps, BackgroundServer([lm_rt], ServeConfig(port=0)) as s:
         b = s.server.models[LM].batcher
         before = _tokens_generated(s.url)
         stream = client(s.url).completions.create(model=LM, prompt=long_prompt, max_tokens=LONG, stream=True)
@@ -70,26 +75,27 @@ def test_client_leaving_mid_stream_frees_its_slot(lm_rt: Runtime, long_prompt: s
         stream.close()  # the client disconnects
         assert wait_for(lambda: b.active == 0), b.active
         generated = _tokens_generated(s.url) - before
-        assert 2 <= generated < LONG, generated  # its row stopped decoding (6 tokens when measured)
+        assert 2 <= generated < LONG, generated  # its row stopped decoding
+        assert steps.at_cancel is not None and steps.n <= steps.at_cancel + 1, (steps.n, steps.at_cancel)
         # and the slot serves the next client
         assert client(s.url).completions.create(model=LM, prompt="a", max_tokens=3).choices[0].text is not None
 
 
 def test_non_streamed_client_leaving_frees_its_slot(lm_rt: Runtime, long_prompt: str) -> None:
-    with BackgroundServer([lm_rt], ServeConfig(port=0)) as s:
+    # decoding holds at step 4 until a cancellation: the client's 0.3 s timeout always comes first
+    with Steps(lm_rt, hold_after=3) as steps, BackgroundServer([lm_rt], ServeConfig(port=0)) as s:
         b = s.server.models[LM].batcher
         before = _tokens_generated(s.url)
-        try:
+        with pytest.raises(openai.APITimeoutError):  # the client gives up and closes its connection
             client(s.url, timeout=0.3).completions.create(model=LM, prompt=long_prompt, max_tokens=LONG)
-            raise AssertionError("expected the client to time out")
-        except openai.APITimeoutError:
-            pass  # the client gave up and closed its connection
+        assert steps.cancelled.wait(WAIT_S) and steps.at_cancel is not None  # the server cancelled the row
         assert wait_for(lambda: b.active == 0 and b.waiting == 0), (b.active, b.waiting)
+        assert steps.n <= steps.at_cancel + 1 < LONG, (steps.n, steps.at_cancel)  # it stopped at the next step
         assert _tokens_generated(s.url) - before < LONG
 
 
 def test_full_queue_answers_429_and_recovers(lm_rt: Runtime) -> None:
-    with BackgroundServer([lm_rt], ServeConfig(port=0, max_batch=1, max_queue=1)) as s:
+    with Steps(lm_rt, hold_after=HOLD), BackgroundServer([lm_rt], ServeConfig(port=0, max_batch=1, max_queue=1)) as s:
         b = s.server.models[LM].batcher
         c = client(s.url)
         running = c.completions.create(model=LM, prompt="Python was created", max_tokens=LONG, stream=True)

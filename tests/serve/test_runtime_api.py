@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,20 +19,8 @@ from edgeq.errors import ConfigError, ContextLengthError, DeadlineExceededError,
 from edgeq.sdk import ContextLimits, Generation, GenerationConfig, GenerationResult, Runtime, RuntimeStatus
 from edgeq.sdk.bundle.model_info import ModelInfo
 from edgeq.sdk.runtime.context import engine_limits, fit_prompt
+from tests.sdk.runtime.faults import WAIT_S, Steps
 from tests.serve.conftest import QUIET
-
-
-def _count_calls(rt: Runtime) -> list[int]:
-    """Count the serving backend's inferences (a list so that the caller sees the running count)."""
-    h = rt._current
-    inner, n = h.backend._infer, [0]
-
-    def counted(feeds: Any) -> Any:
-        n[0] += 1
-        return inner(feeds)
-
-    h.backend._infer = counted
-    return n
 
 
 # -- the return contract ------------------------------------------------------------------------------
@@ -78,16 +67,17 @@ def test_metrics_bind_to_the_host_asked_for(lm_bundle: Path) -> None:
 
 # -- context ---------------------------------------------------------------------------------------------
 def test_context_is_checked_before_the_first_step(lm_rt: Runtime) -> None:
-    calls = _count_calls(lm_rt)
-    with pytest.raises(ContextLengthError) as info:
-        lm_rt.generate("Python", max_new_tokens=600)
-    assert isinstance(info.value, EdgeqError) and info.value.limit == 512
-    long = "Python was created " * 150
-    with pytest.raises(ContextLengthError) as info:
-        lm_rt.generate(long, max_new_tokens=20)
-    assert info.value.prompt_tokens > 492 and info.value.max_new_tokens == 20
-    assert calls[0] == 0  # refused before the model ran
-    res = lm_rt.generate(long, max_new_tokens=20, truncate="left")
+    with Steps(lm_rt) as steps:
+        with pytest.raises(ContextLengthError) as info:
+            lm_rt.generate("Python", max_new_tokens=600)
+        assert isinstance(info.value, EdgeqError) and info.value.limit == 512
+        long = "Python was created " * 150
+        with pytest.raises(ContextLengthError) as info:
+            lm_rt.generate(long, max_new_tokens=20)
+        assert info.value.prompt_tokens > 492 and info.value.max_new_tokens == 20
+        assert steps.n == 0  # refused before the model ran
+        res = lm_rt.generate(long, max_new_tokens=20, truncate="left")
+        assert steps.n > 0  # the counter sees the steps that do run: the check above can fail
     full = lm_rt.tokenizer.encode(long)
     assert res.prompt_tokens == 512 - 20 and res.truncated_tokens == len(full) - res.prompt_tokens
     assert lm_rt.encode_prompt(long, 20, truncate="left") == full[-res.prompt_tokens:]  # the end is kept
@@ -113,8 +103,13 @@ def test_engine_limits_come_from_the_recorded_profile() -> None:
 
 # -- deadlines and asyncio ----------------------------------------------------------------------------------
 def test_a_deadline_ends_the_request_with_its_text(lm_rt: Runtime) -> None:
-    res = lm_rt.generate("Python was created", max_new_tokens=300, deadline_s=0.05)
-    assert res.finish_reason == "deadline" and 0 < len(res.token_ids) < 300
+    def late(n: int) -> None:  # the deadline passes during step 3, however fast the machine decodes
+        if n == 3:
+            time.sleep(0.06)
+
+    with Steps(lm_rt, before=late):
+        res = lm_rt.generate("Python was created", max_new_tokens=300, deadline_s=0.05)
+    assert res.finish_reason == "deadline" and 0 < len(res.token_ids) <= 3
     assert res.text and lm_rt.tokenizer.decode(res.token_ids).startswith(res.text)  # the text so far
     with pytest.raises(ConfigError):
         lm_rt.generate("x", deadline_s=0)
@@ -134,56 +129,64 @@ def test_agenerate_and_astream_match_generate(lm_rt: Runtime) -> None:
 
 
 def test_cancelling_the_task_stops_decoding(lm_rt: Runtime) -> None:
-    calls = _count_calls(lm_rt)
-
-    async def main() -> None:
+    async def main(steps: Steps) -> None:
+        loop, third = asyncio.get_running_loop(), asyncio.Event()
+        steps.before = lambda n: n == 3 and loop.call_soon_threadsafe(third.set)
         task = asyncio.create_task(lm_rt.agenerate("Python was created", max_new_tokens=300))
-        while calls[0] < 3:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(third.wait(), WAIT_S)  # decoding, on the path agenerate really takes
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, WAIT_S)
 
-    asyncio.run(main())
-    stopped_at = calls[0]
-    assert lm_rt._current.inflight == 0  # the handle was released when the CancelledError arrived
-    time.sleep(0.2)
-    assert calls[0] == stopped_at < 300  # no step ran after the cancellation
+    # steps after the 3rd wait for the cancellation: the generation cannot end on its own first
+    with Steps(lm_rt, hold_after=3) as steps:
+        asyncio.run(main(steps))
+        stopped_at = steps.n
+        assert lm_rt._current.inflight == 0  # the handle was released when the CancelledError arrived
+        assert steps.at_cancel is not None and stopped_at <= steps.at_cancel + 1  # it ended at the next step
+        assert lm_rt.generate("a", max_new_tokens=2).finish_reason in ("length", "eos")  # and serves on
+    assert stopped_at < 300
 
 
 def test_leaving_an_astream_early_cancels_it(lm_rt: Runtime) -> None:
-    calls = _count_calls(lm_rt)
+    with Steps(lm_rt) as steps:  # the step that yields the first piece of text
+        gen = lm_rt.stream("Python was created", max_new_tokens=300)
+        pieces = iter(gen)
+        first, first_at = next(pieces), steps.n
+        gen.cancel()
+        assert list(pieces) == [] and gen.result.finish_reason == "cancelled"
 
-    async def main() -> None:
+    async def main() -> str:
         stream = lm_rt.astream("Python was created", max_new_tokens=300)
-        async for _ in stream:
-            break
+        async for piece in stream:
+            return piece  # leaves the loop: the request is cancelled when the generator is closed
+        raise AssertionError("no text")
 
-    asyncio.run(main())
-    time.sleep(0.2)
-    stopped_at = calls[0]
-    time.sleep(0.2)
-    assert calls[0] == stopped_at < 300
+    with Steps(lm_rt, hold_after=first_at) as steps:  # no step after it runs before the cancellation
+        assert asyncio.run(main()) == first  # asyncio.run returns once the decoding thread has ended
+        assert steps.at_cancel is not None and steps.n <= steps.at_cancel + 1 < 300  # ended at the next step
+        assert lm_rt._current.inflight == 0
 
 
 def test_aembed_matches_embed_and_has_a_deadline(enc_rt: Runtime) -> None:
     texts = ["A cat sits on the mat", "The stock market fell"]
     np.testing.assert_allclose(asyncio.run(enc_rt.aembed(texts)), enc_rt.embed(texts), atol=1e-6)
     h = enc_rt._current
-    inner = h.backend._infer
+    inner, release = h.backend._infer, threading.Event()
 
-    def slow(feeds: Any) -> Any:
-        time.sleep(0.5)
+    def held(feeds: Any) -> Any:  # the inference cannot finish until the caller has had its answer
+        release.wait(WAIT_S)
         return inner(feeds)
 
-    async def late() -> float:
-        t0 = time.perf_counter()
-        with pytest.raises(DeadlineExceededError):
-            await enc_rt.aembed(texts, deadline_s=0.05)
-        return time.perf_counter() - t0
+    async def late() -> None:
+        try:
+            with pytest.raises(DeadlineExceededError):
+                await enc_rt.aembed(texts, deadline_s=0.05)  # returns at its deadline, not after the inference
+        finally:
+            release.set()
 
-    h.backend._infer = slow
+    h.backend._infer = held
     try:
-        assert asyncio.run(late()) < 0.45  # returned at the deadline, not after the inference
+        asyncio.run(late())
     finally:  # asyncio.run waited for the dropped inference (executor shutdown): restoring is safe
         h.backend._infer = inner

@@ -35,15 +35,18 @@ def mse_act_amax(x: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     return max(best[1], 1e-8)
 
 
-def _group_error(x: torch.Tensor, ws: list[torch.Tensor], s: torch.Tensor, method: str, pct: float) -> float:
+def _group_error(x: torch.Tensor, ws: list[torch.Tensor], refs: list[torch.Tensor], s: torch.Tensor, method: str,
+                 pct: float) -> float:
+    """Output MSE of the group quantized with smoothing ``s``; ``refs`` are the FP outputs ``x @ w.T`` (the same
+    for every alpha, so the search computes them once)."""
     xs = x / s
     # alpha is ranked with the plain max range: the clipping search runs once alpha is fixed
     a_scale = max(act_amax(xs, "max" if method == "mse" else method, pct), 1e-8) / ACT_QMAX["int8"]
     xq = fake_quant_act(xs, a_scale, "int8")
     err = 0.0
-    for w in ws:
+    for w, ref in zip(ws, refs):
         q, sc = int8_channel_quant(w * s)
-        err += float((xq @ (q.float() * sc[:, None]).T - x @ w.T).pow(2).mean())
+        err += float((xq @ (q.float() * sc[:, None]).T - ref).pow(2).mean())
     return err
 
 
@@ -74,7 +77,9 @@ def quantize_int8_sq(ctx: QuantContext) -> dict[str, LinearPlan]:
             x_max = x.abs().amax(dim=0)
             xs = sample_rows(x, _SEARCH_ROWS)
             grid = (cfg.alpha,) if cfg.alpha is not None else cfg.alpha_grid
-            errs = {a: _group_error(xs, ws, smooth_scale(x_max, ws, a), cfg.act_calib, cfg.percentile) for a in grid}
+            refs = [xs @ w.T for w in ws]
+            errs = {a: _group_error(xs, ws, refs, smooth_scale(x_max, ws, a), cfg.act_calib, cfg.percentile)
+                    for a in grid}
             alpha = min(errs, key=errs.__getitem__)
             s = smooth_scale(x_max, ws, alpha)
             if not scale_predecessor(model, prev, kind, s):

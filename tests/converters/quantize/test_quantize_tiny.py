@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from edgeq.converters import evaluate
-from edgeq.converters.quantize import QUANT_CONFIG, QUANT_REPORT, QuantConfig, get_config, quantize
+from edgeq.converters.quantize import QUANT_CONFIG, QUANT_REPORT, QuantConfig, quantize
 
 SCHEMES = ["fp16", "fp8", "int8", "int8-wo", "int4-rtn", "int4-awq"]
 #: element type of the quantized weight initializers per scheme
@@ -21,18 +21,10 @@ WEIGHT_TYPE = {"fp8": onnx.TensorProto.FLOAT8E4M3FN, "int8": onnx.TensorProto.IN
 W8A8 = {"fp8", "int8"}
 
 
-def _cfg(scheme: str):
-    return get_config(scheme, block_size=64) if scheme.startswith("int4") else get_config(scheme)
-
-
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory, tiny_llama, tiny_qwen3) -> dict:
-    root = tmp_path_factory.mktemp("q")
-    done = {}
-    for loaded in (tiny_llama, tiny_qwen3):
-        for scheme in SCHEMES:
-            done[(loaded.name, scheme)] = quantize(loaded, _cfg(scheme), root / f"{loaded.name}-{scheme}")
-    return done
+def outputs(quantized_tiny) -> dict:
+    """Every scheme on both models (shared with test_tensorrt_rtx, which builds the same files)."""
+    return {(model, scheme): quantized_tiny(model, scheme) for model in ("tiny-llama", "tiny-qwen3") for scheme in SCHEMES}
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen3"])

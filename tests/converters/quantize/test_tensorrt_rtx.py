@@ -12,9 +12,8 @@ pytestmark = pytest.mark.trt_rtx  # skipped without TensorRT-RTX, an error in CI
 
 
 @pytest.mark.parametrize("scheme", ["int4-awq", "fp8", "int8"])
-def test_builds_for_sm89(tiny_llama, tmp_path, scheme: str) -> None:
-    cfg = get_config(scheme, block_size=64) if scheme.startswith("int4") else get_config(scheme)
-    res = quantize(tiny_llama, cfg, tmp_path / scheme)
+def test_builds_for_sm89(quantized_tiny, scheme: str) -> None:
+    res = quantized_tiny("tiny-llama", scheme)  # the files test_quantize_tiny checks
     ok, log = build_rtx(res.out_dir, "SM89")
     assert ok, log
 

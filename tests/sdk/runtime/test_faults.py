@@ -21,7 +21,8 @@ from edgeq.sdk.health.monitor import MonitorConfig
 from edgeq.sdk.runtime.runtime import Runtime
 from edgeq.sdk.store.store import Store
 from tests.sdk.runtime.conftest import MODEL
-from tests.sdk.runtime.faults import FakeClock, nan_in_logits, noise_on_logits, swap_weights, wrap_outputs
+from tests.sdk.runtime.faults import (FakeClock, Load, lm_feeds, nan_in_logits, noise_on_logits, swap_weights,
+                                      wrap_outputs)
 from tests.sdk.runtime.helpers import scale_weights
 
 EVERY = 25  # a canary every 25 requests
@@ -34,68 +35,10 @@ def stepped(**kw: Any) -> MonitorConfig:
                             "clock": FakeClock(), **kw})
 
 
-class Load:
-    """Request threads (a mix of infer and generate) that record every request's outcome."""
-
-    def __init__(self, rt: Runtime, feeds: dict[str, np.ndarray]) -> None:
-        self.rt, self.feeds = rt, feeds
-        self.issued = self.completed = 0
-        self.errors: list[BaseException] = []
-        self.versions: list[int] = []
-        self._done = threading.Condition()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(THREADS)]
-
-    def _run(self, i: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            with self._done:
-                self.issued += 1
-            try:
-                if (n + i) % 5 == 0:
-                    v = self.rt.generate("Python was created", max_new_tokens=4).version
-                else:
-                    self.rt.infer(self.feeds)
-                    v = -1
-                with self._done:
-                    self.completed += 1
-                    if v > 0:
-                        self.versions.append(v)
-                    self._done.notify_all()
-            except BaseException as exc:  # noqa: BLE001 - every failure counts
-                with self._done:
-                    self.errors.append(exc)
-                    self._done.notify_all()
-            n += 1
-
-    def wait_completed(self, n: int, timeout: float = 120.0) -> None:
-        """Block until ``n`` requests have completed (or one failed)."""
-        with self._done:
-            assert self._done.wait_for(lambda: self.completed >= n or self.errors, timeout), (self.completed, n)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
-
-
-def _lm_feeds(rt: Runtime) -> dict[str, np.ndarray]:
-    from edgeq.sdk.bundle.graph_io import lm_prefill_feeds
-
-    h = rt._current
-    return lm_prefill_feeds(np.array([h.tokenizer.encode("Guido remains Python's principal author")]),
-                            h.backend.input_dtypes, h.info)
-
-
 def _logits_std(rt: Runtime) -> float:
     """The serving model's logits std on one prompt (straight from the backend: not a counted request)."""
     h = rt._current
-    return float(np.std(dict(zip(h.output_names, h.backend.infer(_lm_feeds(rt))))["logits"]))
+    return float(np.std(dict(zip(h.output_names, h.backend.infer(lm_feeds(rt))))["logits"]))
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +64,7 @@ KINDS = ["scale_x1.05", "nan", "noise"]
 def test_the_first_canary_after_a_fault_detects_it(kind: str, lm_store: Path, drifted_onnx: Path) -> None:
     events: list[dict[str, Any]] = []
     with Runtime.open(lm_store, MODEL, monitor=stepped(), on_event=events.append) as rt:
-        feeds = _lm_feeds(rt)
+        feeds = lm_feeds(rt)
         assert rt.monitor.tick() == "version_loaded" and rt.last_verdict.ok and rt._current.fingerprint is not None
         for _ in range(EVERY):  # a healthy window first: the schedule fires and passes
             rt.infer(feeds)
@@ -149,7 +92,7 @@ def test_the_first_canary_after_a_fault_detects_it(kind: str, lm_store: Path, dr
 def test_fallback_under_load_fails_no_request(kind: str, lm_store: Path, drifted_onnx: Path) -> None:
     with Runtime.open(lm_store, MODEL, monitor=stepped()) as rt:
         assert rt.monitor.tick() == "version_loaded" and rt.last_verdict.ok
-        with Load(rt, _lm_feeds(rt)) as load:
+        with Load(rt, lm_feeds(rt), threads=THREADS, generate_every=5, tokens=4) as load:
             load.wait_completed(50)
             bad = _inject(kind, rt, drifted_onnx)
             with load._done:
@@ -171,7 +114,7 @@ def test_normal_traffic_never_falls_back_with_the_monitor_thread(lm_store: Path)
     verdicts: list[Any] = []
     with Runtime.open(lm_store, MODEL, monitor=cfg) as rt:
         assert rt.monitor.running
-        feeds = _lm_feeds(rt)
+        feeds = lm_feeds(rt)
         errors: list[BaseException] = []
 
         def worker(n: int) -> None:
@@ -209,7 +152,7 @@ def test_drift_limit_means_the_same_on_every_model(model: str, lm_bundles: dict[
     with Runtime.open(bundle, monitor=stepped(every_requests=5)) as rt:
         assert rt._current.spec.drift_scale is not None
         assert rt.monitor.tick() == "version_loaded"
-        feeds = _lm_feeds(rt)
+        feeds = lm_feeds(rt)
         healthy = []
         for i in range(40):  # 40 scheduled canaries amid infer and generate traffic
             for j in range(5):
@@ -250,7 +193,7 @@ def test_no_usable_previous_keeps_serving_degraded(lm_bundles: dict[int, Path], 
     store.install(lm_bundles[1])
     events: list[dict[str, Any]] = []
     with Runtime.open(store.root, MODEL, monitor=stepped(every_requests=5), on_event=events.append) as rt:
-        feeds = _lm_feeds(rt)
+        feeds = lm_feeds(rt)
         assert rt.monitor.tick() == "version_loaded" and rt._current.fingerprint is not None
         wrap_outputs(rt, nan_in_logits)
         for _ in range(40):
