@@ -176,7 +176,10 @@ def _execute(
         with stages.stage("cpu graph", "deriving the CPU graph (FP32, fused) and checking it on the canaries"):
             cpu_info = _cpu_graph(loaded, q_onnx, work / "health" if health_files else None)
     files = _bundle_files(fp.out_dir, q_dir, work, built is not None, health_files, plan is not None)
-    onnx_bytes = sum(p.stat().st_size for rel, (p, role) in files.items() if role in ("onnx", "onnx_data"))
+    onnx_bytes = sum(p.stat().st_size for rel, (p, role) in files.items()
+                     if role in ("onnx", "onnx_data") and not rel.startswith("model/model.cpu."))  # the bundle graph
+    if cpu_info is not None:
+        cpu_info["bytes"] = sum(p.stat().st_size for rel, (p, _) in files.items() if rel.startswith("model/model.cpu."))
     fp16_bytes = sum(p.stat().st_size for p in fp.out_dir.glob("model.onnx*")) // 2  # FP32 export / 2
     build_info = {
         "engine_mode": "built" if built else ("planned" if plan else "none"),
@@ -291,9 +294,6 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
     from edgeq.sdk.bundle.manifest import EngineInfo
 
     engines = []
-    if build_info.get("cpu_graph"):  # listed first: the CPU backend's choice (EngineInfo.device)
-        engines.append(EngineInfo(flavour="onnx", onnx=f"model/{build_info['cpu_graph']['path']}", precision=precision,
-                                  device="cpu"))
     if plan is not None:
         engines.append(EngineInfo(
             flavour=profile.engine_flavour,
@@ -304,6 +304,9 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
             trt_version=built.info.library_version if built else None,
             precision=precision,
         ))
+    # the CPU graph, last: the CPU backend picks it by its device (EngineInfo.device), not by its place
+    cpu = [EngineInfo(flavour="onnx", onnx=f"model/{build_info['cpu_graph']['path']}", precision=precision,
+                      device="cpu")] if build_info.get("cpu_graph") else []
     contents = BundleContents(
         model_name=loaded.name,
         bundle_version=bundle_version,
@@ -316,7 +319,7 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
         files=files,
         # The QDQ ONNX itself is the portable fallback: ONNX Runtime runs it on any device, CPU-only included
         # (CI, a dev box, a device whose GPU is not the target's), so every bundle lists it as an engine too.
-        engines=(*engines, EngineInfo(flavour="onnx", onnx=ONNX_PATH, precision=precision)),
+        engines=(*engines, EngineInfo(flavour="onnx", onnx=ONNX_PATH, precision=precision), *cpu),
         model_revision=loaded.revision,
         build=build_info,
     )

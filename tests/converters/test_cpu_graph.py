@@ -62,7 +62,7 @@ def test_gpu_bundle_carries_a_checked_cpu_graph(gpu_bundles: dict[str, Path], ta
     bundle = gpu_bundles[target]
     m = Manifest.load(bundle)
     cpu = [e for e in m.engines if e.device == "cpu"]
-    assert len(cpu) == 1 and cpu[0].flavour == "onnx" and m.engines[0] is cpu[0]
+    assert len(cpu) == 1 and cpu[0].flavour == "onnx" and m.engines[-1] is cpu[0]
     info = m.build["cpu_graph"]
     check = info["check"]
     assert check["ok"] and not check["breaches"]
@@ -87,7 +87,7 @@ def test_gpu_bundle_carries_a_checked_cpu_graph(gpu_bundles: dict[str, Path], ta
 def test_cpu_target_bundle_has_no_engine_and_a_cpu_graph(gpu_bundles: dict[str, Path]) -> None:
     m = Manifest.load(gpu_bundles["cpu-x86-64"])
     assert [(e.flavour, e.device, e.onnx) for e in m.engines] == [
-        ("onnx", "cpu", "model/model.cpu.onnx"), ("onnx", None, "model/model.onnx")]
+        ("onnx", None, "model/model.onnx"), ("onnx", "cpu", "model/model.cpu.onnx")]
     assert not m.files_with_role("plan") and not m.files_with_role("engine")
     assert m.build["engine_mode"] == "none" and m.quant_config["compute_dtype"] == "float32"
     assert m.build["cpu_graph"]["check"]["greedy_agreement"] == 1.0  # an FP32 graph: only fusions change
