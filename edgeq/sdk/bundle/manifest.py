@@ -9,7 +9,8 @@ Bundle layout (paths relative to the bundle root)::
 
     manifest.json           this schema
     manifest.sig            ed25519 signature (JSON: key_id, signature hex) over canonical manifest bytes
-    model/model.onnx        the QDQ ONNX (+ model/model.onnx.data external data when large)
+    model/model.onnx        the QDQ ONNX (+ model/model.onnx_data, its tensors)
+    model/model.cpu.onnx    an LM's CPU graph (engine entry device "cpu"), sharing model.onnx_data's bytes
     engine/<name>.engine    serialized TensorRT / TensorRT-RTX engine, when one was built
     plan/build_plan.json    builder settings for an on-device build (build_on = "device"), + plan/trtexec.txt
     tokenizer/...           tokenizer.json, tokenizer_config.json, config.json, generation_config.json, ...
