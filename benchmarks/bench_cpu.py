@@ -11,6 +11,7 @@
 - Nodes per step: the node count of each graph after ONNX Runtime's optimizer (what one decode step runs).
 
     python benchmarks/bench_cpu.py [--quick] [--demo-bundle demo-out/bundle]
+    python benchmarks/bench_cpu.py --demo-only --demo-bundle demo-out/bundle   # results/cpu_demo.json
 """
 
 from __future__ import annotations
@@ -206,7 +207,21 @@ def main() -> None:
     p = arg_parser(__doc__)
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     p.add_argument("--demo-bundle", type=Path, default=None)
+    p.add_argument("--demo-only", action="store_true", help="only the demo bundle (results/cpu_demo.json)")
     args = p.parse_args()
+    if args.demo_only:
+        if args.demo_bundle is None:
+            p.error("--demo-only needs --demo-bundle")
+        res = Result("cpu_demo", args.quick)
+        from benchmarks import lm_speed
+
+        ids = lm_speed.prompt_ids(cached_export(MODEL), EVAL_TEXT, 32 if args.quick else 128)
+        from tokenizers import Tokenizer
+
+        prompt = Tokenizer.from_file(str(cached_export(MODEL) / "tokenizer.json")).decode(ids[0].tolist())
+        _demo(res, args.demo_bundle, args.threads, args.quick, prompt)
+        res.write(args.out)
+        return
     res = Result("cpu", args.quick)
     bw = max((copy_bandwidth(mib=128 if args.quick else 512, threads=t) for t in sorted(set(args.threads))),
              key=lambda b: b["best_gbps"])

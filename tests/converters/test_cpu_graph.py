@@ -170,3 +170,26 @@ def test_manifest_without_engine_device_keeps_its_bytes() -> None:
     m = Manifest.from_dict(json.loads(json.dumps(old)))
     assert "device" not in m.to_dict()["engines"][0]
     assert json.loads(m.canonical_bytes())["engines"] == old["engines"]
+
+
+@pytest.mark.parametrize("fp8_as", ["int8", "float32"])
+def test_fp8_weights_on_the_cpu(gpu_bundles: dict[str, Path], tmp_path: Path, fp8_as: str) -> None:
+    """INT8 codes (new bytes, the default) or Cast*scale folded at load (the FP8 bytes shared): both pass."""
+    import onnx
+
+    from edgeq.converters.cpu_check import check_cpu_graph
+    from edgeq.converters.cpu_graph import derive_cpu_graph
+
+    bundle = tmp_path / "b"
+    shutil.copytree(gpu_bundles["hopper-server"], bundle)
+    out = bundle / "model/model.cpu.onnx"
+    stats = derive_cpu_graph(bundle / "model/model.onnx", out, num_heads=4, hidden_size=128, fp8_as=fp8_as)
+    assert stats.fp8_weights > 0 and stats.fp8_as == fp8_as
+    m = onnx.load(str(out), load_external_data=False)
+    ops = {n.op_type for n in m.graph.node}
+    fp8 = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN}
+    if fp8_as == "int8":
+        assert not fp8 and any(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer)
+    else:
+        assert fp8 and "Cast" in ops
+    assert check_cpu_graph(bundle / "model/model.onnx", out, bundle).ok
