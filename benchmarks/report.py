@@ -21,6 +21,10 @@ from benchmarks.common import RESULTS, ROOT  # noqa: E402
 SECTIONS: dict[str, tuple[str, str, str]] = {
     "quality": ("Quantization quality", "python benchmarks/bench_quality.py", "est. 15-25 min (edgeq AWQ dominates)"),
     "speed": ("Speed on CPU (ONNX Runtime)", "python benchmarks/bench_speed.py", "est. 8-10 min"),
+    "cpu": ("Every bundle on a CPU: the CPU graph vs onnxruntime-genai", "python benchmarks/bench_cpu.py "
+            "[--demo-bundle demo-out/bundle]", "est. 6-10 min (first run also quantizes and derives)"),
+    "cpu_demo": ("The README demo's bundle on a CPU", "python benchmarks/bench_cpu.py --demo-only --demo-bundle "
+                 "demo-out/bundle", "est. 2 min"),
     "size": ("Size", "python benchmarks/bench_size.py", "est. 1-2 min (reuses bench_quality's models)"),
     "build": ("Build time and peak memory", "python benchmarks/bench_build.py", "est. 6-8 min"),
     "h100_fp8": ("H100 FP8 (device run)", "python benchmarks/prepare_h100_payload.py, then on the H100: "

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         bundle_version: Annotated[int, typer.Option("--bundle-version", help="manifest bundle_version")] = 1,
         overwrite: OverwriteOpt = False,
         health: Annotated[bool, typer.Option("--health/--no-health", help="compute health-monitor canaries")] = True,
+        cpu_graph: Annotated[bool, typer.Option("--cpu-graph/--no-cpu-graph",
+                                                help="give an LM bundle its CPU graph (FP32, fused; devices without a usable GPU serve it)")] = True,
         block_size: Annotated[int | None, typer.Option("--block-size", help="INT4 block size (default 128)")] = None,
         quantize_head: Annotated[bool, typer.Option("--quantize-head", help="quantize the LM head too (faster decode, some accuracy)")] = False,
     ) -> None:
@@ -33,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
         result = run_build(model, target, precision, out, sign_key=sign_key, variant=variant,
                            bundle_version=bundle_version, overwrite=overwrite, console=err_console,
-                           health=health, quant_overrides=_overrides(block_size, None, None, quantize_head=quantize_head))
+                           health=health, cpu_graph=cpu_graph, quant_overrides=_overrides(block_size, None, None, quantize_head=quantize_head))
         table = Table("", "", title=f"{result.model_name} → {result.target}", show_header=False)
         for label, value in result.summary_rows():
             table.add_row(label, value)

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         table = Table("field", "value", title=f"{p.name}: {p.description}", show_header=False)
         if p.aliases:
             table.add_row("aliases", ", ".join(p.aliases))
-        table.add_row("compute capability", f"{p.compute_capability} ({p.sm})")
+        table.add_row("compute capability", f"{p.compute_capability} ({p.sm})" if p.compute_capability else "none (CPU)")
         table.add_row("engine", f"{p.engine_flavour}, built on the {p.build_on}")
         table.add_row("compute dtype", p.compute_dtype)
         for task, precs in p.precisions.items():
@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("memory variants", ", ".join(
             f"{v} {gb:g} GB" + (" (default)" if v == p.default_variant else "") for v, gb in p.memory_variants_gb.items()))
         table.add_row("usable memory", f"{p.usable_memory_fraction:.0%} → {p.memory_budget_bytes() / 2**30:.1f} GiB on {p.default_variant}")
-        table.add_row("DLA cores", str(p.dla_cores))
-        table.add_row("builder", f"optimization level {p.builder_optimization_level}, workspace {p.workspace_mib} MiB, "
-                      f"hardware compat {p.hardware_compatibility}, version compatible {p.version_compatible}")
+        if p.builds_engine:
+            table.add_row("DLA cores", str(p.dla_cores))
+            table.add_row("builder", f"optimization level {p.builder_optimization_level}, workspace {p.workspace_mib} MiB, "
+                          f"hardware compat {p.hardware_compatibility}, version compatible {p.version_compatible}")
         table.add_row("profile hash", profile_hash(p))
         console.print(table)
 

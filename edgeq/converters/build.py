@@ -27,7 +27,7 @@ from edgeq.converters.health import build_health_data
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model
 from edgeq.errors import BackendUnavailableError
 from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
-from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME
+from edgeq.sdk.bundle.model_info import MODEL_INFO_NAME, TEXT_GENERATION
 from edgeq.sdk.bundle.plan import BuildPlan
 from edgeq.targets import TargetProfile, profile_hash
 
@@ -55,6 +55,7 @@ def build(
     console: Any | None = None,
     quant_overrides: dict[str, Any] | None = None,
     health: bool = True,
+    cpu_graph: bool = True,
 ) -> BuildResult:
     """Build a deployable bundle of ``model`` for ``target``.
 
@@ -71,6 +72,9 @@ def build(
         quant_overrides: extra fields for the quantization config (e.g. ``{"block_size": 64}``).
         health: compute the health monitor's canaries (``health/``); False ships a bundle the device
             cannot monitor for drift (the manifest says so).
+        cpu_graph: give a text-generation bundle its CPU graph (``converters.cpu_graph``: FP32, fused, sharing
+            the bundle graph's weight bytes), checked against the canaries; a device without a usable GPU
+            serves it. False: CPU devices run the bundle graph as written.
 
     Raises UnknownTargetError, UnsupportedPrecisionError, MemoryBudgetError, DiskFullError,
     OutputExistsError before any work; export/quantization/engine errors after, leaving nothing behind.
@@ -87,7 +91,7 @@ def build(
         from edgeq.converters.signing import load_private_key
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not at the last step
-    if profile.build_on == "host" and not flavour_available(profile.engine_flavour):
+    if profile.builds_engine and profile.build_on == "host" and not flavour_available(profile.engine_flavour):
         raise BackendUnavailableError(
             f"{profile.name} engines are built here with {profile.engine_flavour}, which is not importable",
             hint="pip install 'edgeq[build]' (tensorrt-rtx bindings and libs)",
@@ -110,7 +114,7 @@ def build(
     memory = estimate_memory(profile, task, precision, loaded.model, fitted.shapes, variant)
     check_memory(memory, profile, loaded.name, precision)
     check_disk(out, loaded.model, precision)
-    engine_here = profile.build_on == "host" or flavour_available(profile.engine_flavour)
+    engine_here = profile.builds_engine and (profile.build_on == "host" or flavour_available(profile.engine_flavour))
 
     # -- execute: everything is written under a hidden work dir beside the output ------------------
     try:
@@ -120,7 +124,8 @@ def build(
     try:
         return _execute(loaded, profile, task, precision, out, work, stages, memory.to_dict(), fitted,
                         engine_here, sign_key=sign_key, bundle_version=bundle_version, overwrite=overwrite,
-                        quant_overrides=quant_overrides or {}, health=health, prequant=prequant)
+                        quant_overrides=quant_overrides or {}, health=health, prequant=prequant,
+                        cpu_graph=cpu_graph and task == TEXT_GENERATION)
     except OSError as exc:
         raise os_error_to_edgeq(exc, out) from exc
     finally:
@@ -130,7 +135,7 @@ def build(
 def _execute(
     loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, out: Path, work: Path, stages: Stages,
     memory: dict[str, Any], planned: PlannedShapes, engine_here: bool, *, sign_key: Any, bundle_version: int,
-    overwrite: bool, quant_overrides: dict[str, Any], health: bool, prequant: Any = None,
+    overwrite: bool, quant_overrides: dict[str, Any], health: bool, prequant: Any = None, cpu_graph: bool = False,
 ) -> BuildResult:
     from edgeq.converters.export import export_onnx
 
@@ -141,13 +146,17 @@ def _execute(
                                                               keep=prequant is not None and prequant.keep)
     if prequant is not None:
         stages.note(prequant.note)
-    plan, _ = make_plan(profile, task, q_onnx, precision, planned=planned)
-    staged = work / "plan"
-    staged.mkdir()
-    (staged / "build_plan.json").write_text(plan.to_json())
-    (staged / "trtexec.txt").write_text(plan.to_trtexec())
+    plan: BuildPlan | None = None
+    if profile.builds_engine:
+        plan, _ = make_plan(profile, task, q_onnx, precision, planned=planned)
+        staged = work / "plan"
+        staged.mkdir()
+        (staged / "build_plan.json").write_text(plan.to_json())
+        (staged / "trtexec.txt").write_text(plan.to_trtexec())
     built: BuiltEngine | None = None
-    if engine_here:
+    if plan is None:
+        note = f"no engine: {profile.name} runs the ONNX with ONNX Runtime"
+    elif engine_here:
         with stages.stage("engine", f"building the {profile.engine_flavour} engine for {profile.sm}"):
             built = build_engine(plan, q_onnx)
         (work / "model.engine").write_bytes(built.engine)
@@ -162,19 +171,26 @@ def _execute(
             health_files = _health(task, fp.out_dir, q_dir, work / "health")
     else:
         stages.note("[yellow]no health data[/yellow]: the device cannot detect quantization drift for this bundle")
-    files = _bundle_files(fp.out_dir, q_dir, work, built is not None, health_files)
-    onnx_bytes = sum(p.stat().st_size for rel, (p, role) in files.items() if role in ("onnx", "onnx_data"))
+    cpu_info: dict[str, Any] | None = None
+    if cpu_graph:
+        with stages.stage("cpu graph", "deriving the CPU graph (FP32, fused) and checking it on the canaries"):
+            cpu_info = _cpu_graph(loaded, q_onnx, work / "health" if health_files else None)
+    files = _bundle_files(fp.out_dir, q_dir, work, built is not None, health_files, plan is not None)
+    onnx_bytes = sum(p.stat().st_size for rel, (p, role) in files.items()
+                     if role in ("onnx", "onnx_data") and not rel.startswith("model/model.cpu."))  # the bundle graph
+    if cpu_info is not None:
+        cpu_info["bytes"] = sum(p.stat().st_size for rel, (p, _) in files.items() if rel.startswith("model/model.cpu."))
     fp16_bytes = sum(p.stat().st_size for p in fp.out_dir.glob("model.onnx*")) // 2  # FP32 export / 2
     build_info = {
-        "engine_mode": "built" if built else "planned",
+        "engine_mode": "built" if built else ("planned" if plan else "none"),
         "engine_note": note,
         "engine_build": built.info.to_dict() if built else None,
         "trt_flavour": profile.engine_flavour,
         "trt_version": built.info.library_version if built else None,
-        "compute_capabilities": list(plan.compute_capabilities) or [profile.compute_capability],
+        "compute_capabilities": (list(plan.compute_capabilities) or [profile.compute_capability]) if plan else [],
         "precision": precision,
         "compute_dtype": quant_config.get("compute_dtype"),
-        "profile_shapes": [p for p in plan.to_dict()["profiles"]],
+        "profile_shapes": [p for p in plan.to_dict()["profiles"]] if plan else [],
         "shape_notes": list(planned.notes),
         "onnx_bytes": onnx_bytes,
         "fp16_onnx_bytes_estimate": fp16_bytes,
@@ -183,6 +199,7 @@ def _execute(
         "memory_estimate": memory,
         "health_data": bool(health_files),
         "prequantized": prequant.to_dict() if prequant is not None else None,
+        "cpu_graph": cpu_info,
     }
     with stages.stage("bundle", "writing the bundle"):
         build_info["stage_seconds"] = {k: round(v, 3) for k, v in stages.seconds.items()}
@@ -223,11 +240,21 @@ def _health(task: str, fp_dir: Path, q_dir: Path, out_dir: Path) -> dict[str, tu
     return {rel: (out_dir / rel, role) for rel, role in produced}
 
 
+def _cpu_graph(loaded: LoadedModel, q_onnx: Path, health_dir: Path | None) -> dict[str, Any]:
+    """The bundle's CPU graph beside ``q_onnx`` (``converters.cpu_check``); what the manifest records of it."""
+    from edgeq.converters.cpu_check import add_cpu_graph
+
+    cfg = loaded.model.config
+    _, info = add_cpu_graph(q_onnx, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+                            max_positions=getattr(cfg, "max_position_embeddings", None), health_dir=health_dir)
+    return info
+
+
 def _bundle_files(fp_dir: Path, q_dir: Path, work: Path, have_engine: bool,
-                  health: dict[str, tuple[Path, str]]) -> dict[str, tuple[Path, str]]:
+                  health: dict[str, tuple[Path, str]], have_plan: bool = True) -> dict[str, tuple[Path, str]]:
     files: dict[str, tuple[Path, str]] = {}
-    for p in sorted(q_dir.glob("model.onnx*")):
-        files[f"model/{p.name}"] = (p, "onnx" if p.name == "model.onnx" else "onnx_data")
+    for p in sorted([*q_dir.glob("model.onnx*"), *q_dir.glob("model.cpu.onnx*")]):
+        files[f"model/{p.name}"] = (p, "onnx" if p.suffix == ".onnx" else "onnx_data")
     from edgeq.converters.quantize import QUANT_CONFIG, QUANT_REPORT
 
     for name in (QUANT_CONFIG, QUANT_REPORT):  # the quantizer's provenance, beside the QDQ ONNX
@@ -239,8 +266,9 @@ def _bundle_files(fp_dir: Path, q_dir: Path, work: Path, have_engine: bool,
                 files[f"model/{p.name}"] = (p, _MODEL_SIDE[p.name])
             else:
                 files[f"tokenizer/{p.name}"] = (p, "model_config" if p.name in _CONFIG_FILES else "tokenizer")
-    files[PLAN_JSON] = (work / "plan" / "build_plan.json", "plan")
-    files[TRTEXEC_TXT] = (work / "plan" / "trtexec.txt", "plan")
+    if have_plan:
+        files[PLAN_JSON] = (work / "plan" / "build_plan.json", "plan")
+        files[TRTEXEC_TXT] = (work / "plan" / "trtexec.txt", "plan")
     if have_engine:
         files[ENGINE_PATH] = (work / "model.engine", "engine")
     files.update(health)
@@ -260,20 +288,25 @@ def _accuracy(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, quant_config: dict[str, Any],
-            plan: BuildPlan, built: BuiltEngine | None, files: dict[str, tuple[Path, str]], build_info: dict[str, Any],
+            plan: BuildPlan | None, built: BuiltEngine | None, files: dict[str, tuple[Path, str]], build_info: dict[str, Any],
             out: Path, sign_key: Any, bundle_version: int, overwrite: bool) -> Any:
     """Write the bundle with ``edgeq.converters.bundle.write_bundle`` (hashes, manifest.json, signature)."""
     from edgeq.sdk.bundle.manifest import EngineInfo
 
-    engine = EngineInfo(
-        flavour=profile.engine_flavour,
-        path=ENGINE_PATH if built else None,
-        plan=PLAN_JSON,
-        onnx=ONNX_PATH,
-        compute_capabilities=tuple(plan.compute_capabilities) or (profile.compute_capability,),
-        trt_version=built.info.library_version if built else None,
-        precision=precision,
-    )
+    engines = []
+    if plan is not None:
+        engines.append(EngineInfo(
+            flavour=profile.engine_flavour,
+            path=ENGINE_PATH if built else None,
+            plan=PLAN_JSON,
+            onnx=ONNX_PATH,
+            compute_capabilities=tuple(plan.compute_capabilities) or (profile.compute_capability,),
+            trt_version=built.info.library_version if built else None,
+            precision=precision,
+        ))
+    # the CPU graph, last: the CPU backend picks it by its device (EngineInfo.device), not by its place
+    cpu = [EngineInfo(flavour="onnx", onnx=f"model/{build_info['cpu_graph']['path']}", precision=precision,
+                      device="cpu")] if build_info.get("cpu_graph") else []
     contents = BundleContents(
         model_name=loaded.name,
         bundle_version=bundle_version,
@@ -286,7 +319,7 @@ def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: s
         files=files,
         # The QDQ ONNX itself is the portable fallback: ONNX Runtime runs it on any device, CPU-only included
         # (CI, a dev box, a device whose GPU is not the target's), so every bundle lists it as an engine too.
-        engines=(engine, EngineInfo(flavour="onnx", onnx=ONNX_PATH, precision=precision)),
+        engines=(*engines, EngineInfo(flavour="onnx", onnx=ONNX_PATH, precision=precision), *cpu),
         model_revision=loaded.revision,
         build=build_info,
     )

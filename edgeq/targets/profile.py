@@ -75,8 +75,11 @@ class TargetProfile:
     """One kind of target hardware. Field reasons (the TOML files repeat them per target):
 
     - ``compute_capability``: the SM version; decides which tensor-core datatypes exist (FP8 needs >= 8.9).
-    - ``engine_flavour``: full TensorRT (Jetson, data centre) or TensorRT for RTX (consumer GPUs).
-    - ``build_on``: TensorRT-RTX builds anywhere; full TensorRT builds on the device it serves.
+      Empty for a CPU target (``engine_flavour = "onnx"``): there is no GPU.
+    - ``engine_flavour``: full TensorRT (Jetson, data centre), TensorRT for RTX (consumer GPUs), or ``onnx``
+      (ONNX Runtime runs the QDQ ONNX itself: CPU targets; no engine is built).
+    - ``build_on``: TensorRT-RTX builds anywhere; full TensorRT builds on the device it serves; an ``onnx``
+      target has nothing to build, so the host writes the whole bundle.
     - ``hardware_compatibility`` / ``version_compatible``: TensorRT portability switches (not on JetPack).
     - ``compute_dtype``: dtype of activations and unquantized weights (tensor cores run FP16); one the
       quantizer produces (``edgeq.sdk.bundle.flavours.COMPUTE_DTYPES``), refused here otherwise.
@@ -91,7 +94,6 @@ class TargetProfile:
 
     name: str
     description: str
-    compute_capability: str
     engine_flavour: str
     build_on: str
     precisions: dict[str, tuple[str, ...]]
@@ -101,6 +103,7 @@ class TargetProfile:
     default_variant: str
     usable_memory_fraction: float
     unsupported: dict[str, str] = field(default_factory=dict)
+    compute_capability: str = ""
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     compute_dtype: str = "float16"
@@ -113,12 +116,18 @@ class TargetProfile:
     def __post_init__(self) -> None:
         _check(self.schema_version == SCHEMA_VERSION, f"schema_version {self.schema_version} != {SCHEMA_VERSION}")
         _check(bool(_NAME.match(self.name or "")), f"invalid profile name {self.name!r} (lowercase, digits, '-')")
-        _check(bool(_CC.match(self.compute_capability)), f"compute_capability must look like '8.9', got {self.compute_capability!r}")
-        _one_of("engine_flavour", self.engine_flavour, TENSORRT_FLAVOURS)
+        _one_of("engine_flavour", self.engine_flavour, tuple(ENGINE_FLAVOURS))
         _one_of("build_on", self.build_on, BUILD_LOCATIONS)
         flavour = ENGINE_FLAVOURS[self.engine_flavour]
-        _check(self.build_on == "device" or flavour.cross_builds,
-               f"build_on = 'host' needs a flavour that builds without the target GPU; {flavour.title} builds on the device")
+        if flavour.tensorrt:
+            _check(bool(_CC.match(self.compute_capability)),
+                   f"compute_capability must look like '8.9', got {self.compute_capability!r}")
+            _check(self.build_on == "device" or flavour.cross_builds,
+                   f"build_on = 'host' needs a flavour that builds without the target GPU; {flavour.title} builds on the device")
+        else:  # a CPU target: ONNX Runtime runs the ONNX, nothing is built for a GPU
+            _check(self.compute_capability == "", f"a {flavour.title} target has no GPU: drop compute_capability "
+                   f"(got {self.compute_capability!r})")
+            _check(self.build_on == "host", f"a {flavour.title} target has no engine to build on the device: build_on = 'host'")
         _one_of("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPAT_LEVELS)
         _one_of("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         object.__setattr__(self, "aliases", (self.aliases,) if isinstance(self.aliases, str) else tuple(self.aliases))
@@ -155,8 +164,13 @@ class TargetProfile:
     # -- queries ------------------------------------------------------------------------------
     @property
     def sm(self) -> str:
-        """``sm89`` style name of the compute capability."""
-        return "sm" + self.compute_capability.replace(".", "")
+        """``sm89`` style name of the compute capability (``cpu`` for a target without a GPU)."""
+        return "sm" + self.compute_capability.replace(".", "") if self.compute_capability else "cpu"
+
+    @property
+    def builds_engine(self) -> bool:
+        """Whether bundles for this target carry a TensorRT engine (or a plan for one); False: ONNX only."""
+        return ENGINE_FLAVOURS[self.engine_flavour].tensorrt
 
     def memory_budget_bytes(self, variant: str | None = None) -> int:
         """Bytes a model (weights + KV cache) may use on ``variant`` (default: ``default_variant``)."""

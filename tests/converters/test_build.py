@@ -64,7 +64,8 @@ def test_rtx_ada_bundle_has_fp8_engine_and_full_record(ada_bundle: tuple[Path, o
     out, result = ada_bundle
     m = Manifest.load(out)
     assert m.target == "rtx-ada" and m.precision == "fp8" and result.precision == "fp8"  # the profile default
-    engine, portable = m.engines
+    engine, portable, cpu = m.engines
+    assert cpu.device == "cpu" and cpu.onnx == "model/model.cpu.onnx"
     assert engine.flavour == "tensorrt_rtx" and engine.path == "engine/model.engine"
     assert portable.flavour == "onnx" and portable.onnx == "model/model.onnx" and portable.precision == "fp8"
     assert engine.compute_capabilities == ("8.9",) and engine.trt_version and engine.trt_version.startswith("1.")
@@ -74,7 +75,9 @@ def test_rtx_ada_bundle_has_fp8_engine_and_full_record(ada_bundle: tuple[Path, o
     assert b["engine_mode"] == "built" and b["trt_flavour"] == "tensorrt_rtx" and b["compute_capabilities"] == ["8.9"]
     assert b["engine_build"]["seconds"] > 0 and b["engine_build"]["peak_rss_bytes"] > 0
     assert b["engine_bytes"] == (out / "engine/model.engine").stat().st_size
-    assert b["onnx_bytes"] == (out / "model/model.onnx").stat().st_size and b["fp16_onnx_bytes_estimate"] > 0
+    graph = sum((out / "model" / n).stat().st_size for n in ("model.onnx", "model.onnx_data"))
+    assert b["onnx_bytes"] == graph and b["fp16_onnx_bytes_estimate"] > 0
+    assert b["cpu_graph"]["bytes"] == sum(p.stat().st_size for p in (out / "model").glob("model.cpu.onnx*")) > 0
     shapes = {i["name"]: i for i in b["profile_shapes"][0]["inputs"]}
     assert shapes["input_ids"]["max"][1] + shapes["past_key_values.0.key"]["max"][2] <= 512  # fitted to the model
     assert b["accuracy"]["passed"] is True and "mean_kl" in b["accuracy"]
@@ -96,8 +99,9 @@ def test_rtx_bundle_installs_and_serves_on_a_cpu_only_device(ada_bundle: tuple[P
     store = Store(tmp_path / "store", allow_unsigned=False, device=cpu)
     store.trust(next((out.parent / "keys").glob("*.pub")))
     installed = store.install(out)
-    assert installed.active and [e.flavour for e in installed.manifest.engines] == ["tensorrt_rtx", "onnx"]
+    assert installed.active and [e.flavour for e in installed.manifest.engines] == ["tensorrt_rtx", "onnx", "onnx"]
     with Runtime.open(tmp_path / "store", installed.model) as rt:
+        assert "CPU graph" in rt.backend_name  # the bundle's CPU graph, not its FP16/FP8 graph
         res = rt.generate("def main():", max_new_tokens=4)
         backend = str(rt.status())
     assert len(res.token_ids) == 4 and res.finish_reason == "length" and res.version == 1
@@ -116,7 +120,8 @@ def test_jetson_bundle_carries_onnx_and_plan_that_the_device_builder_builds(tmp_
     m = Manifest.load(out)
     assert result.engine_mode == "planned" and "not built here" in result.engine_note
     assert not (out / "engine").exists()
-    engine, portable = m.engines
+    engine, portable, cpu = m.engines
+    assert cpu.device == "cpu" and cpu.onnx == "model/model.cpu.onnx"
     assert engine.flavour == "tensorrt" and engine.path is None and engine.plan == "plan/build_plan.json"
     assert portable.flavour == "onnx" and portable.onnx == engine.onnx
     assert m.build["engine_mode"] == "planned" and m.health is None and m.build["health_data"] is False

@@ -32,7 +32,8 @@ def test_rtx_bundle_carries_a_tensorrt_rtx_engine(moe_bundle: tuple[Path, Any]) 
 
     out, result = moe_bundle
     m = Manifest.load(out)
-    engine, portable = m.engines
+    engine, portable, cpu = m.engines
+    assert cpu.device == "cpu" and cpu.onnx == "model/model.cpu.onnx"
     assert m.precision == result.precision == "fp8"  # rtx-ada's default, the build the issue saw fail (NaN KL)
     assert engine.flavour == "tensorrt_rtx" and engine.compute_capabilities == ("8.9",)
     assert (out / engine.path).stat().st_size == m.build["engine_bytes"] > 100_000

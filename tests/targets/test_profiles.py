@@ -103,6 +103,24 @@ def test_hardware_facts() -> None:
     assert jetson.shapes["text-generation"].past is not None
 
 
+def test_cpu_targets() -> None:
+    """CPU targets: ONNX Runtime runs the ONNX (no engine, no GPU), FP32 compute, fast CPU precisions only."""
+    from edgeq.converters.build_checks import check_precision
+    from edgeq.errors import UnsupportedPrecisionError
+
+    for name in ("cpu-x86-64", "cpu-arm64"):
+        p = get_profile(name)
+        assert (p.engine_flavour, p.build_on, p.compute_capability, p.sm) == ("onnx", "host", "", "cpu")
+        assert not p.builds_engine and p.compute_dtype == "float32"
+        assert p.default_precision == {"text-generation": "int4-awq", "feature-extraction": "int8-wo"}
+        assert set(p.precisions["text-generation"]) == {"int4-awq", "int4-rtn", "int8-wo"}
+        assert p.memory_budget_bytes() <= 2 * 2**30  # a small device: 50 % of 4 GB
+        for prec in ("fp8", "int8"):
+            with pytest.raises(UnsupportedPrecisionError, match="use int8-wo"):
+                check_precision(p, prec, "text-generation")
+    assert all(get_profile(n).builds_engine for n in BUILTINS if not n.startswith("cpu-"))
+
+
 def test_unknown_target_lists_valid_ones() -> None:
     with pytest.raises(UnknownTargetError) as e:
         get_profile("jetson-xavier")
@@ -154,6 +172,9 @@ def test_adding_a_target_is_adding_a_file(tmp_path: Path, monkeypatch: pytest.Mo
                      "feature-extraction": {"batch": [1, 1, 1], "sequence": [1, 1, 8], "past": [0, 1, 8]}}},
          "feature-extraction has no KV cache"),
         ({"engine_flavour": "tensorrt"}, "build_on = 'host' needs a flavour that builds without the target GPU"),
+        ({"compute_capability": ""}, "compute_capability must look like"),
+        ({"engine_flavour": "onnx"}, "has no GPU: drop compute_capability"),
+        ({"engine_flavour": "onnx", "compute_capability": "", "build_on": "device"}, "build_on = 'host'"),
         ({"aliases": ["bad-target"]}, "not the profile's own name"),
         ({"usable_memory_fraction": 1.5}, "usable_memory_fraction"),
         ({"default_variant": "rtx-9999"}, "default_variant"),

@@ -71,6 +71,8 @@ class SchemeHandler:
         if reason is not None:
             return reason
         need = self.min_compute_capability
+        if need is not None and not profile.compute_capability:
+            return f"{self.name} needs a GPU with compute capability >= {need}; {profile.name} has none"
         if need is not None and _cc(profile.compute_capability) < _cc(need):
             return f"{self.name} needs compute capability >= {need}; {profile.name} is {profile.compute_capability}"
         return None

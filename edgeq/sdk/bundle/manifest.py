@@ -9,7 +9,8 @@ Bundle layout (paths relative to the bundle root)::
 
     manifest.json           this schema
     manifest.sig            ed25519 signature (JSON: key_id, signature hex) over canonical manifest bytes
-    model/model.onnx        the QDQ ONNX (+ model/model.onnx.data external data when large)
+    model/model.onnx        the QDQ ONNX (+ model/model.onnx_data, its tensors)
+    model/model.cpu.onnx    an LM's CPU graph (engine entry device "cpu"), sharing model.onnx_data's bytes
     engine/<name>.engine    serialized TensorRT / TensorRT-RTX engine, when one was built
     plan/build_plan.json    builder settings for an on-device build (build_on = "device"), + plan/trtexec.txt
     tokenizer/...           tokenizer.json, tokenizer_config.json, config.json, generation_config.json, ...
@@ -31,6 +32,9 @@ from edgeq.sdk.bundle.flavours import engine_flavour
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
+
+#: What an engine entry's ``device`` may say: None (any backend) or "cpu" (ONNX Runtime's CPU provider only).
+ENGINE_DEVICES = (None, "cpu")
 
 #: Roles a file may play in a bundle; the runtime looks files up by role, never by guessing names.
 FILE_ROLES = frozenset(
@@ -76,6 +80,9 @@ class EngineInfo:
     ``flavour`` names the library that loads it; ``path`` is the engine file (None when the engine is
     to be built on the device from ``plan``); ``compute_capabilities`` lists the GPUs it runs on
     (e.g. ``["8.9"]``; empty for ``onnx``); ``trt_version`` is the library version it was built with.
+    ``device`` is ``"cpu"`` for an ``onnx`` artifact made for ONNX Runtime's CPU provider (the CPU graph:
+    FP32 compute, fused; ``edgeq.converters.cpu_graph``), which the CPU backend prefers and GPU backends skip;
+    None (not serialised, so manifests without one keep their bytes) for an artifact any backend may run.
     """
 
     flavour: str
@@ -85,9 +92,14 @@ class EngineInfo:
     compute_capabilities: tuple[str, ...] = ()
     trt_version: str | None = None
     precision: str = "fp16"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         engine_flavour(self.flavour)  # ConfigError naming the known flavours
+        if self.device not in ENGINE_DEVICES:
+            raise ConfigError(f"engine device {self.device!r} is not one of {list(ENGINE_DEVICES)}")
+        if self.device is not None and (self.flavour != "onnx" or self.onnx is None):
+            raise ConfigError("an engine entry for one device is an onnx entry naming its onnx file")
         if self.path is None and self.plan is None and self.onnx is None:
             raise ConfigError("an engine entry needs a path, a plan or an onnx file")
         object.__setattr__(self, "compute_capabilities", tuple(self.compute_capabilities))
@@ -148,7 +160,11 @@ class Manifest:
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for e in d["engines"]:  # absent rather than null: manifests written before the field keep their bytes
+            if e.get("device") is None:
+                e.pop("device", None)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

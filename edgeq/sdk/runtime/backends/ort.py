@@ -28,10 +28,15 @@ _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "ext
                  "all": "ORT_ENABLE_ALL"}
 
 
-def onnx_engine(version: Any) -> EngineInfo | None:
-    """The bundle's ONNX artifact: an ``onnx``-flavour engine entry, else the first file with role ``onnx``."""
-    for e in version.manifest.engines:
-        if e.flavour == "onnx" and (e.onnx or e.path):
+def onnx_engine(version: Any, device: str | None = None) -> EngineInfo | None:
+    """The bundle's ONNX artifact for ``device``: an ``onnx``-flavour engine entry made for it (the CPU graph,
+    for "cpu"), else one for any device, else the first file with role ``onnx``."""
+    entries = [e for e in version.manifest.engines if e.flavour == "onnx" and (e.onnx or e.path)]
+    for e in entries:
+        if device is not None and e.device == device:
+            return e
+    for e in entries:
+        if e.device is None:
             return e
     files = version.manifest.files_with_role("onnx")
     return EngineInfo(flavour="onnx", onnx=files[0].path) if files else None
@@ -45,9 +50,12 @@ class _OrtBackend(Backend):
     device = "cpu"
     device_id = 0
 
+    #: the engine entry ``device`` this backend prefers (None: only entries for any device)
+    engine_device: ClassVar[str | None] = None
+
     @classmethod
     def match(cls, version: Any) -> EngineInfo | None:
-        return onnx_engine(version)
+        return onnx_engine(version, cls.engine_device)
 
     @classmethod
     def _ort(cls) -> Any:
@@ -87,7 +95,8 @@ class _OrtBackend(Backend):
         self.device = "cuda" if used and used[0] in (eps.TRT_EP, eps.CUDA_EP) else "cpu"
         self._sampler: Any = None
         self._no_binder: str | None = None
-        self.description = f"{self.name} ({', '.join(used)})"
+        self.cpu_graph = engine.device == "cpu"
+        self.description = f"{self.name} ({', '.join(used)}{'; CPU graph ' + onnx_rel if self.cpu_graph else ''})"
 
     # -- the decode loop's binder ------------------------------------------------------------------------
     def binder(self, info: Any) -> Binder | None:
@@ -194,6 +203,9 @@ class OrtCpuBackend(_OrtBackend):
     name = "onnxruntime-cpu"
     priority = 30
     providers = ("CPUExecutionProvider",)
+    #: a bundle's CPU graph (FP32 compute, fused) when it has one: a GPU bundle's graph runs here as written
+    #: only at a speed nobody can use (FP8 QDQ in an FP16 graph: about 1 tok/s)
+    engine_device = "cpu"
 
     @classmethod
     def available(cls) -> str | None:
