@@ -6,6 +6,8 @@
 - Per client count: aggregate completion tokens/s, request latency p50 / p99, time to first token p50.
 - `serve` vs in-process `Runtime.generate` at batch 1, the same prompt and budget (aim: <= 5 % added latency).
 - 8 concurrent streaming clients vs one: aggregate tokens/s (aim: >= 3x).
+- One chat of three turns: the prompt tokens each turn takes from the server's kept KV cache (aim: the second
+  turn prefills only its new tokens).
 
 Model: SmolLM2-135M-Instruct (FP32 ONNX export, the offline built-in); ``--model tiny-llama`` (or ``--quick``)
 runs the random tiny test model instead. Every run is bounded: a fixed number of requests per client.
@@ -166,6 +168,24 @@ def load(srv: ServeProcess, model: str, texts: list[str], clients: int, per_clie
             "ttft_p50_s": pct(ttft, 0.5) if ttft else None, "mean_batch": (r1 - r0) / max(b1 - b0, 1), "runs": runs}
 
 
+def chat_turns(srv: ServeProcess, model: str, texts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    """One chat of three turns through the server: per turn, prompt tokens, those taken from the kept KV cache
+    (usage.prompt_tokens_details.cached_tokens), and the latency. The user messages are cut from eval.txt."""
+    c = srv.client()
+    msgs: list[dict[str, str]] = [{"role": "system", "content": "You are a helpful assistant."}]
+    turns = []
+    for i in range(3):
+        msgs.append({"role": "user", "content": "Summarise this: " + texts[i]})
+        t0 = time.perf_counter()
+        r = c.chat.completions.create(model=model, messages=msgs, max_tokens=max_tokens)
+        dt = time.perf_counter() - t0
+        details = r.usage.prompt_tokens_details
+        turns.append({"turn": i + 1, "prompt_tokens": r.usage.prompt_tokens, "latency_s": dt,
+                      "cached_tokens": details.cached_tokens if details is not None else 0})
+        msgs.append({"role": "assistant", "content": r.choices[0].message.content})
+    return turns
+
+
 def main() -> int:
     ap = arg_parser(__doc__)
     ap.add_argument("--model", default=None, choices=("smollm2-135m", "tiny-llama"))
@@ -207,6 +227,11 @@ def main() -> int:
             inproc_tokens = len(r.token_ids)
         res.records.append({"what": "generate in-process", "latency_s": inproc, "tokens": inproc_tokens})
         res.records.append({"what": "serve batch 1 (not streamed)", "runs": served})
+        turns = chat_turns(srv, model, texts[4:], max_tokens)
+        res.records.append({"what": "chat turns (server prefix cache)", "turns": turns})
+        for t in turns:
+            print(f"[serve] chat turn {t['turn']}: {t['prompt_tokens']} prompt tokens, {t['cached_tokens']} cached, "
+                  f"prefilled {t['prompt_tokens'] - t['cached_tokens']}, {t['latency_s']:.2f} s", flush=True)
         loads = {}
         for n in CLIENTS:
             loads[n] = load(srv, model, texts, n, per_client[n], max_tokens)
@@ -237,6 +262,13 @@ def main() -> int:
                ["8 streaming clients / 1 client, aggregate tok/s", fmt(ratio), ">= 3"]],
               notes=f"{repeats} interleaved pairs of the same prompt ({inproc_tokens} new tokens); the machine's "
                     "1-minute load average is in the result file")
+    res.table(f"edgeq serve, one chat of three turns, {model}",
+              ["turn", "prompt tokens", "taken from the kept KV cache", "prefilled", "latency s"],
+              [[t["turn"], t["prompt_tokens"], t["cached_tokens"], t["prompt_tokens"] - t["cached_tokens"],
+                fmt(t["latency_s"])] for t in turns],
+              notes="aim: the second turn prefills only its new tokens. The whole history is sent each turn (as "
+                    "OpenAI clients do); the server matches its tokens against the KV caches it kept "
+                    f"(ServeConfig.prefix_cache); max_tokens {max_tokens}, greedy")
     res.write(args.out)
     print(f"[serve] added latency at batch 1: {added:.1f} %; 8 clients vs 1: {ratio:.2f}x aggregate tok/s")
     return 0

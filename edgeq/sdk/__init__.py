@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from edgeq.sdk.runtime.context import ContextLimits
     from edgeq.sdk.runtime.decode import GenerationConfig, GenerationResult
     from edgeq.sdk.runtime.generation import Generation, Request
+    from edgeq.sdk.runtime.kvreuse import KvSession, PrefixCache
     from edgeq.sdk.runtime.runtime import Runtime
+    from edgeq.sdk.runtime.session import ChatSession
     from edgeq.sdk.runtime.status import RuntimeStatus
     from edgeq.sdk.serve import BackgroundServer, ServeConfig, create_app, run_server
     from edgeq.sdk.store.store import CONFIG_NAME as STORE_CONFIG_NAME
@@ -43,6 +45,9 @@ _LAZY = {
     "Request": "edgeq.sdk.runtime.generation:Request",
     "AsyncStream": "edgeq.sdk.runtime.aio:AsyncStream",
     "ContextLimits": "edgeq.sdk.runtime.context:ContextLimits",
+    "ChatSession": "edgeq.sdk.runtime.session:ChatSession",
+    "KvSession": "edgeq.sdk.runtime.kvreuse:KvSession",
+    "PrefixCache": "edgeq.sdk.runtime.kvreuse:PrefixCache",
     "Store": "edgeq.sdk.store.store:Store",
     "STORE_CONFIG_NAME": "edgeq.sdk.store.store:CONFIG_NAME",
     "pull": "edgeq.sdk.store.update:pull",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _chat(store: Path, stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "samples" / "chat.py"), "--store", str(store),
                            "--model", "tiny-llama", "--max-new-tokens", "8"],
-                          input=stdin, capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          input=stdin, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # the tree under test, not an installed one
 
 
 def test_chat_streams_replies(chat_bundles: dict[int, Path], tmp_path: Path) -> None:
@@ -25,6 +27,9 @@ def test_chat_streams_replies(chat_bundles: dict[int, Path], tmp_path: Path) -> 
     assert p.stdout.count("assistant> ") == 2
     assert p.stdout.count(", v1]") == 2
     assert "degraded=None" in p.stderr and "[health]" not in p.stderr
+    # the second turn ran only what its cache did not hold (the first turn cached nothing)
+    cached = [int(line.split(" cached")[0].rsplit(" ", 1)[1]) for line in p.stdout.splitlines() if " cached, " in line]
+    assert cached[0] == 0 and cached[1] > 0, p.stdout
 
 
 def test_chat_prints_health_events_on_fallback(chat_bundles: dict[int, Path], tmp_path: Path) -> None:

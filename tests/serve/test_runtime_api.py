@@ -96,9 +96,10 @@ def test_engine_limits_come_from_the_recorded_profile() -> None:
     old = engine_limits(info, SimpleNamespace(build={}), "tensorrt_rtx")  # a bundle from before the record
     assert old.max_context == 8192 and old.max_prompt is None and old.max_batch is None
     assert engine_limits(ModelInfo(task="generic"), SimpleNamespace(build={}), "onnx") == ContextLimits()
-    with pytest.raises(ContextLengthError, match="prefill maximum"):
-        fit_prompt(list(range(1500)), 10, trt)
-    assert fit_prompt(list(range(1500)), 10, trt, "left") == (list(range(476, 1500)), 476)
+    assert fit_prompt(list(range(1500)), 10, trt) == (list(range(1500)), 0)  # chunked: only the context bounds it
+    with pytest.raises(ContextLengthError, match="4097-token context"):
+        fit_prompt(list(range(4090)), 10, trt)
+    assert fit_prompt(list(range(4090)), 10, trt, "left") == (list(range(3, 4090)), 3)
 
 
 # -- deadlines and asyncio ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from edgeq.sdk.runtime.aio import AsyncStream, embed_async, run_async
 from edgeq.sdk.runtime.context import ContextLimits, fit_prompt
 from edgeq.sdk.runtime.decode import GenerationConfig, GenerationResult
 from edgeq.sdk.runtime.generation import Generation, Request, encode_prompt, is_batch, make_config, make_requests
+from edgeq.sdk.runtime.session import ChatSession
 
 if TYPE_CHECKING:
     from edgeq.sdk.health.metrics import RuntimeMetrics
@@ -101,6 +102,22 @@ class GenerateAPI:
                 pass
             results += gen.results
         return results
+
+    def chat_session(self, system: str | None = None, max_new_tokens: int | None = None, *,
+                     temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                     stop: Sequence[str] | None = None, seed: int | None = None,
+                     config: GenerationConfig | None = None, history: Sequence[dict[str, str]] = ()) -> ChatSession:
+        """A conversation that keeps its KV cache between turns: each turn prefills only its new tokens.
+
+        Args:
+            system: the system prompt (kept when old turns are dropped to fit the context).
+            history: earlier messages to start from ({"role", "content"}).
+            max_new_tokens ... config: each turn's decoding settings, as for ``generate``.
+        Close it (or use ``with``) to give its cache back.
+        """
+        cfg = make_config(config, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          top_k=top_k, stop=stop, seed=seed)
+        return ChatSession(self, cfg, system=system, history=history)
 
     def _generation(self, requests: Sequence[Request], cfg: GenerationConfig) -> Generation:
         return Generation(self.model, requests, cfg, acquire=self._acquire, release=self._release,

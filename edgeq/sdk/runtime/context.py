@@ -6,7 +6,8 @@ The limits come from what the bundle records, never from guessing:
 - a TensorRT / TensorRT-RTX engine runs one optimization profile, whose min/opt/max shapes `edgeq build`
   records in the manifest (``build.profile_shapes``, signed with it): the ``past`` maximum of the
   ``past_key_values.*`` inputs bounds the KV cache, the ``sequence`` maximum of ``input_ids`` the
-  longest prefill (prompts are not chunked yet), the ``batch`` maximum the rows of one step;
+  tokens one run takes (a longer prompt is prefilled in chunks of it through the KV cache, so it bounds
+  no prompt), the ``batch`` maximum the rows of one step;
 - ONNX Runtime runs any shape, so only the position table applies to the ``onnx`` entry.
 
 A bundle that records neither (an old one, or a graph without position facts) has no limit here; the
@@ -32,7 +33,9 @@ class ContextLimits:
     Args:
         max_context: prompt tokens + ``max_new_tokens`` must not exceed this (the position table, and
             the KV cache's ``past`` maximum + 1 of an engine's profile).
-        max_prompt: the longest prompt one prefill takes (the profile's ``sequence`` maximum).
+        max_prompt: the most prompt tokens one prefill run takes (the profile's ``sequence`` maximum); a
+            longer prompt is prefilled in chunks of this size (``decode.prefill``), so only
+            ``max_context`` bounds a prompt to generate from (an encoder's input is one run: this bounds it).
         max_batch: the most rows one step takes (the profile's ``batch`` maximum).
         source: where the binding limit came from, for error messages.
     """
@@ -110,10 +113,6 @@ def fit_prompt(ids: Sequence[int], max_new_tokens: int, limits: ContextLimits, t
                 f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the {limit}-token context of "
                 f"{model} ({limits.source})", prompt_tokens=n, max_new_tokens=max_new_tokens, limit=limit,
                 hint=f"ask for at most {limit - 1} new tokens")
-    if limits.max_prompt is not None and (room is None or limits.max_prompt < room):
-        room = limit = limits.max_prompt
-        why = (f"a prompt of {n} tokens exceeds the {limit}-token prefill maximum of {model}'s engine profile "
-               "(prompts are not chunked)")
     if room is None or n <= room:
         return list(ids), 0
     if truncate == "left":

@@ -10,18 +10,23 @@ incremental detokenisation.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from edgeq.errors import ConfigError, RuntimeErrorBase
 from edgeq.sdk.bundle.graph_io import past_dtype
 from edgeq.sdk.bundle.model_info import ModelInfo
-from edgeq.sdk.runtime.backends.binding import Binder
+from edgeq.sdk.runtime.backends.binding import Binder, HostBuffer
 from edgeq.sdk.runtime.backends.cudart import ALIGN
+from edgeq.sdk.runtime.sampling import TextStream, sample
+
+__all__ = ["GenerationConfig", "GenerationResult", "LmStepper", "TextStream", "generate_ids", "prefill", "sample"]
 
 
 @dataclass(frozen=True)
@@ -68,73 +73,13 @@ class GenerationResult:
     queue_s: float = 0.0
     #: seconds from submission until this row finished (queue + prefill + its decode steps)
     total_s: float = 0.0
+    #: prompt tokens taken from a KV cache kept from an earlier generation (not prefilled again)
+    cached_tokens: int = 0
 
     @property
     def decode_tokens_per_s(self) -> float:
         n = max(len(self.token_ids) - 1, 0)
         return n / self.decode_s if self.decode_s > 0 else 0.0
-
-
-# -- sampling -----------------------------------------------------------------------------------------
-def sample(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
-    """Next token per row of ``logits`` (batch, vocab)."""
-    if cfg.temperature == 0.0:
-        return logits.argmax(axis=-1)
-    x = logits.astype(np.float64) / cfg.temperature
-    if cfg.top_k and cfg.top_k < x.shape[-1]:
-        kth = np.partition(x, -cfg.top_k, axis=-1)[:, -cfg.top_k][:, None]
-        x = np.where(x < kth, -np.inf, x)
-    x = x - x.max(axis=-1, keepdims=True)
-    p = np.exp(x)
-    p /= p.sum(axis=-1, keepdims=True)
-    if cfg.top_p < 1.0:
-        order = np.argsort(-p, axis=-1)
-        sp = np.take_along_axis(p, order, axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = (np.cumsum(sp, axis=-1) - sp) >= cfg.top_p
-        sp[drop] = 0.0
-        p = np.zeros_like(p)
-        np.put_along_axis(p, order, sp, axis=-1)
-        p /= p.sum(axis=-1, keepdims=True)
-    c = np.cumsum(p, axis=-1)
-    u = rng.random((p.shape[0], 1)) * c[:, -1:]
-    return np.minimum((c < u).sum(axis=-1), p.shape[-1] - 1)
-
-
-# -- incremental text ---------------------------------------------------------------------------------
-class TextStream:
-    """Turns one row's token ids into text deltas, holding back what could be the start of a stop string."""
-
-    def __init__(self, decode: Callable[[Sequence[int]], str], stop: tuple[str, ...]) -> None:
-        self._decode = decode
-        self.stop = stop
-        self._hold = max((len(s) for s in stop), default=1) - 1
-        self.ids: list[int] = []
-        self._prefix = self._read = 0
-        self.text = ""
-        self._emitted = 0
-        self.stopped = False
-
-    def add(self, token: int) -> None:
-        """Append a token; sets ``stopped`` and truncates ``text`` when a stop string appears."""
-        self.ids.append(token)
-        prefix = self._decode(self.ids[self._prefix : self._read])
-        full = self._decode(self.ids[self._prefix :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):  # a complete character arrived
-            start = max(len(self.text) - self._hold, 0)
-            self.text += full[len(prefix) :]
-            self._prefix, self._read = self._read, len(self.ids)
-            for s in self.stop:
-                at = self.text.find(s, max(start - len(s), 0))
-                if at >= 0:
-                    self.text, self.stopped = self.text[:at], True
-
-    def delta(self, final: bool) -> str:
-        """Text not yet handed out; before the end, keeps back a possible stop-string prefix."""
-        end = len(self.text) if (final or self.stopped) else max(len(self.text) - self._hold, self._emitted)
-        out = self.text[self._emitted : end]
-        self._emitted = end
-        return out
 
 
 # -- the step loop -----------------------------------------------------------------------------------
@@ -178,6 +123,11 @@ class KvCache:
 
         A binder with shape limits gets arenas at those limits (allocated on the first generation only).
         """
+        self.slot = self._slot(batch, max_len)
+        self._place([arena.reserve(self.slot * len(self.names)) for arena in self.arenas], 0)
+        self.batch, self.length, self.max_len = batch, 0, max_len
+
+    def _slot(self, batch: int, max_len: int) -> int:
         b = self.binder
         if b.max_batch is not None and b.max_tokens is not None:
             if batch > b.max_batch or max_len > b.max_tokens:
@@ -187,12 +137,49 @@ class KvCache:
             per = b.max_batch * self.heads * b.max_tokens * self.head_dim * self.dtype.itemsize
         else:
             per = batch * self.heads * max_len * self.head_dim * self.dtype.itemsize
-        self.slot = (per + ALIGN - 1) // ALIGN * ALIGN
-        bases = [arena.reserve(self.slot * len(self.names)) for arena in self.arenas]
+        return (per + ALIGN - 1) // ALIGN * ALIGN
+
+    def _place(self, bases: list[int], flip: int) -> None:
         # tensor i lives at the same offset in both arenas: [arena of the past][i] for each parity
         self._ptrs = [[(bases[f] + i * self.slot, bases[1 - f] + i * self.slot) for i in range(len(self.names))]
                       for f in (0, 1)]
-        self.batch, self.length, self.max_len, self._flip = batch, 0, max_len, 0
+        self._flip = flip
+
+    def relayout(self, keep: int, max_len: int) -> bool:
+        """Keep the first ``keep`` cached tokens of every row, in arenas that hold ``max_len``: what a chat
+        session's next turn needs (its common prefix with the last one, room for the new prompt and reply).
+
+        A past tensor is laid out (batch, heads, length, dim), so cutting or growing it moves every head's
+        rows: they are copied into the other arena (the one the next present goes to), which then holds the
+        past. Host memory only; False on a device buffer (the caller prefills again). A cut to 0 is free.
+        """
+        if not 0 <= keep <= self.length:
+            raise ConfigError(f"cannot keep {keep} of {self.length} cached tokens")
+        cap = self.slot // max(self.batch * self.heads * self.head_dim * self.dtype.itemsize, 1)
+        if self.binder.max_tokens is not None and self.binder.max_batch is not None:
+            cap = self.binder.max_tokens
+        if keep == 0:
+            self.start(self.batch, max_len)
+            return True
+        if keep == self.length and max_len <= cap:
+            self.max_len = max_len
+            return True
+        src, dst = self._flip, 1 - self._flip
+        if not all(isinstance(a, HostBuffer) for a in self.arenas):
+            return False
+        old_slot, self.slot = self.slot, self._slot(self.batch, max_len)
+        shape = (self.batch, self.heads, self.length, self.head_dim)
+        self.arenas[dst].reserve(self.slot * len(self.names))
+        for i in range(len(self.names)):
+            was = self.arenas[src].view(i * old_slot, self.dtype, shape)
+            now = self.arenas[dst].view(i * self.slot, self.dtype, (*shape[:2], keep, shape[3]))
+            np.copyto(now, was[:, :, :keep])
+        self.arenas[src].reserve(self.slot * len(self.names))  # the next present's arena: its bytes are free
+        bases = [0, 0]
+        bases[dst], bases[src] = self.arenas[dst].ptr, self.arenas[src].ptr
+        self._place(bases, dst)
+        self.length, self.max_len = keep, max_len
+        return True
 
     def bind(self, new: int) -> None:
         """Bind past (``length`` tokens) and present (``length + new``) of every layer for the next run."""
@@ -236,6 +223,15 @@ class Decode:
     def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> Step:
         raise NotImplementedError
 
+    @property
+    def length(self) -> int:
+        """Tokens in the KV cache (the past of the next run)."""
+        raise NotImplementedError
+
+    def resize(self, keep: int, max_len: int) -> bool:
+        """Keep the first ``keep`` cached tokens and make room for ``max_len`` (False: cannot, start again)."""
+        return False
+
     def close(self) -> None:
         return None
 
@@ -267,6 +263,13 @@ class _BoundDecode(Decode):
         self._kv.advance(n)
         return Step(b.next_tokens(), b.last_logits)
 
+    @property
+    def length(self) -> int:
+        return self._kv.length
+
+    def resize(self, keep: int, max_len: int) -> bool:
+        return self._kv.batch == 1 and self._kv.relayout(keep, max_len)
+
     def close(self) -> None:
         state, self._state = self._state, None
         if state is not None:
@@ -280,6 +283,15 @@ class _HostDecode(Decode):
         self._s = stepper
         self._past: list[np.ndarray] | None = None
         self._batch = batch
+
+    @property
+    def length(self) -> int:
+        return 0 if self._past is None else int(self._past[0].shape[2])
+
+    def resize(self, keep: int, max_len: int) -> bool:
+        if self._past is not None:  # ONNX Runtime takes any past length: a view of the first tokens is enough
+            self._past = [np.ascontiguousarray(p[:, :, :keep]) for p in self._past] if keep else None
+        return True
 
     def run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> Step:
         s = self._s
@@ -386,9 +398,27 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> _Batch:
 StepHook = Callable[[Callable[[], np.ndarray]], None]
 
 
+def prefill(dec: Decode, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, chunk: int | None) -> Step:
+    """Run a prompt's ``ids`` (batch, n) through ``dec`` in runs of at most ``chunk`` tokens (None: one run).
+
+    ``mask`` covers the cache and the prompt (batch, dec.length + n); ``pos`` the prompt. Each run extends
+    the KV cache, so the last run's step is the one-pass prefill's, up to the order of float sums.
+    """
+    n = ids.shape[1]
+    step = n if not chunk else chunk
+    past = mask.shape[1] - n
+    out: Step | None = None
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        out = dec.run(ids[:, s:e], mask[:, : past + e], pos[:, s:e])
+    if out is None:
+        raise ConfigError("a prefill needs at least one token")
+    return out
+
+
 def generate_ids(
     stepper: LmStepper, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *, pad_id: int,
-    done: np.ndarray, on_logits: StepHook | None = None,
+    done: np.ndarray, on_logits: StepHook | None = None, chunk: int | None = None, kept: KeptCache | None = None,
 ) -> Iterator[tuple[np.ndarray, float]]:
     """Yield (tokens (batch,), seconds) per step; the first step's seconds include the prefill.
 
@@ -396,15 +426,29 @@ def generate_ids(
     asking for the next step. Finished rows are fed a pad token (outputs ignored) so the batch stays
     rectangular. Stops when every row is done or after ``max_new_tokens`` steps. Greedy decoding takes
     the backend's on-device tokens when it has them (then no logits leave the device unless the hook asks).
+    ``chunk``: the most tokens one run takes (an engine profile's sequence maximum); a longer prompt is
+    prefilled in chunks through the KV cache. ``kept``: one prompt's KV cache kept from an earlier
+    generation (``kvreuse.KvSession``); only the tokens after its common prefix with the prompt are run.
     """
     rng = np.random.default_rng(cfg.seed)
-    batch = left_pad(prompts, pad_id)
     greedy = cfg.temperature == 0.0
-    rows, n_prompt = batch.ids.shape
-    with stepper.decode(rows, n_prompt + cfg.max_new_tokens) as dec:
+    if kept is None:
+        batch = left_pad(prompts, pad_id)
+        ids, mask, pos = batch.ids, batch.mask, batch.pos
+        rows, n_prompt = ids.shape
+        opened = stepper.decode(rows, n_prompt + cfg.max_new_tokens)
+    else:
+        (prompt,) = prompts
+        n_prompt, rows = len(prompt), 1
+        opened, start = kept.prepare(list(prompt), n_prompt + cfg.max_new_tokens)
+        ids = np.asarray([prompt[start:]], np.int64)
+        mask, pos = np.ones((1, n_prompt), np.int64), np.arange(start, n_prompt, dtype=np.int64)[None]
+    with (opened if kept is None else contextlib.nullcontext(opened)) as dec:
         t0 = time.perf_counter()
-        step_out = dec.run(batch.ids, batch.mask, batch.pos)
-        mask, pos = batch.mask, batch.pos[:, -1:]
+        step_out = prefill(dec, ids, mask, pos, chunk)
+        if kept is not None:
+            kept.ids.extend(int(t) for t in ids[0])
+        mask, pos = mask, pos[:, -1:]
         ones = np.ones((rows, 1), np.int64)
         for step in range(cfg.max_new_tokens):
             if on_logits is not None:
@@ -422,3 +466,13 @@ def generate_ids(
             mask = np.concatenate([mask, ones], axis=1)
             pos = pos + 1
             step_out = dec.run(tokens[:, None], mask, pos)
+            if kept is not None:  # after the run: the ids always say what the cache holds
+                kept.ids.append(int(tokens[0]))
+
+
+class KeptCache(Protocol):
+    """What ``generate_ids`` needs of a kept KV cache (``kvreuse.KvSession``)."""
+
+    ids: list[int]
+
+    def prepare(self, prompt: list[int], max_len: int) -> tuple[Decode, int]: ...

@@ -3,7 +3,8 @@ left-padded batch on the serving version, text streamed per row, live statistics
 
 The handle is held from the first step to the last, so a fallback that happens meanwhile lets this
 generation finish on the version it started on. Every prompt is encoded and checked against the engine's
-context (``edgeq.sdk.runtime.context``) before the first step. Rows end on their own (EOS, a stop string,
+context (``edgeq.sdk.runtime.context``) before the first step; a prompt longer than the engine's
+sequence maximum is prefilled in chunks of it. Rows end on their own (EOS, a stop string,
 their budget, their deadline, ``Request.cancel``): an ended row is fed padding until the batch ends and its
 result is handed out at once (``on_finish``).
 """
@@ -26,6 +27,7 @@ from edgeq.sdk.health.metrics import RuntimeMetrics
 from edgeq.sdk.health.monitor import Monitor
 from edgeq.sdk.runtime.context import TRUNCATE_POLICIES, ContextLimits, fit_prompt
 from edgeq.sdk.runtime.decode import GenerationConfig, GenerationResult, TextStream, generate_ids
+from edgeq.sdk.runtime.kvreuse import KvSession
 from edgeq.sdk.runtime.loader import Handle
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class Request:
         truncate: "error" (ContextLengthError when the prompt does not fit) or "left" (keep its end).
         on_text: called in the decoding thread with each new piece of this row's text.
         on_finish: called in the decoding thread with this row's result as soon as the row ends.
+        kv: a KV cache kept from an earlier generation (``kvreuse.KvSession``): only the prompt's tokens after
+            its common prefix with it are prefilled, and it keeps this one's cache. Used when the request
+            runs alone (a one-row batch); a batched row prefills in full and leaves it as it was.
     Call ``cancel()`` from any thread: the row ends with finish_reason "cancelled" at the next step.
     """
 
@@ -82,6 +87,7 @@ class Request:
     on_finish: Callable[[GenerationResult], None] | None = None
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    kv: KvSession | None = None
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -157,6 +163,7 @@ class Generation:
         t_start = time.perf_counter()
         slots: list[GenerationResult | None] = [None] * rows
         timing = [0.0, 0.0]  # prefill, decode so far
+        kept: KvSession | None = None
 
         def finish(r: int, reason: str, stream: TextStream, prompt_len: int, cut: int) -> None:
             now = time.perf_counter()
@@ -164,7 +171,8 @@ class Generation:
             res = GenerationResult(
                 text=stream.text, token_ids=list(stream.ids), finish_reason=reason, prompt_tokens=prompt_len,
                 prefill_s=timing[0], decode_s=timing[1], version=h.version, truncated_tokens=cut,
-                queue_s=max(t_start - q.submitted, 0.0), total_s=now - q.submitted)
+                queue_s=max(t_start - q.submitted, 0.0), total_s=now - q.submitted,
+                cached_tokens=kept.reused if kept is not None else 0)
             slots[r] = res
             self._metrics.latency["generate"].add(res.total_s)
             self._metrics.tokens.inc(len(res.token_ids))
@@ -190,8 +198,11 @@ class Generation:
                 done = np.zeros(len(live), bool)
                 mon = self._monitor
                 first = True
+                kept = reqs[live[0]].kv if len(live) == 1 else None
+                if kept is not None:
+                    kept.attach(h.stepper)  # a cache of another version is dropped
                 steps = generate_ids(h.stepper, [fitted[r][0] for r in live], cfg, pad_id=h.pad_id, done=done,
-                                     on_logits=lambda lg: _lm_stats(mon, lg))
+                                     on_logits=lambda lg: _lm_stats(mon, lg), chunk=limits.max_prompt, kept=kept)
                 for tokens, dt in steps:
                     timing[0 if first else 1] += dt
                     first = False

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from edgeq.errors import ConfigError, ContextLengthError, DegradedError, EdgeqError, OverloadedError
 from edgeq.sdk.bundle.model_info import TEXT_GENERATION
 from edgeq.sdk.runtime.decode import GenerationConfig
+from edgeq.sdk.runtime.kvreuse import PrefixCache
 from edgeq.sdk.serve.batcher import Batcher, Job
 from edgeq.sdk.serve.config import DEFAULT_MAX_BATCH, ServeConfig
 from edgeq.sdk.serve.metrics import ServeMetrics
@@ -63,7 +64,8 @@ class Model:
         want = config.max_batch or profile or DEFAULT_MAX_BATCH
         self.max_batch = min(want, profile) if profile else want
         self.batcher = Batcher(rt, max_batch=self.max_batch, max_queue=config.max_queue,
-                               window_s=config.batch_window_s, merge_window_s=config.merge_window_s
+                               window_s=config.batch_window_s, merge_window_s=config.merge_window_s,
+                               prefixes=PrefixCache(config.prefix_cache, config.prefix_cache_tokens)
                                ) if self.generates else None
         self.embed_slot = asyncio.Semaphore(1)  # one encoder inference at a time: it uses every core
         self.embed_waiting = 0
@@ -198,7 +200,7 @@ class Server:
                    for i, r in enumerate(results)]
         return JsonResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
                              "created": int(time.time()), "model": m.rt.model, "choices": choices,
-                             "system_fingerprint": f"edgeq-v{results[0].version}", "usage": usage(n_prompt, n_out)})
+                             "system_fingerprint": f"edgeq-v{results[0].version}", "usage": usage(n_prompt, n_out, sum(r.cached_tokens for r in results))})
 
     async def _collect(self, request: HttpRequest, m: Model, jobs: list[Job]) -> list[Any] | None:
         """Every job's result, or None when the client disconnects first (its rows are then cancelled)."""
@@ -244,7 +246,7 @@ class Server:
             yield chunk(None, FINISH[res.finish_reason])
             if include_usage:
                 yield _sse({"id": rid, "object": kind, "created": created, "model": name, "choices": [],
-                            "usage": usage(res.prompt_tokens, len(res.token_ids))})
+                            "usage": usage(res.prompt_tokens, len(res.token_ids), res.cached_tokens)})
             yield b"data: [DONE]\n\n"
         except Exception as exc:  # the batch failed after the headers went out: say so in the stream
             yield _sse(_error(exc).body())

@@ -12,8 +12,10 @@ taking turns.
 Where the decode-loop work plugs in (it lands in ``edgeq.sdk.runtime``, not here):
 - chunked prefill: inside the decode loop; ``ContextLimits.max_prompt`` (runtime/context.py) then lifts,
   and the server's context check follows on its own.
-- prefix KV reuse: a per-session key on ``Request`` (runtime/generation.py), passed by ``submit``; ``_take``
-  is the one place that decides which requests share a batch.
+- prefix KV reuse (done): a batch of one row takes the kept KV cache whose tokens share the longest prefix
+  with its prompt from the model's ``PrefixCache`` (runtime/kvreuse.py), prefills only the rest, and puts
+  its own cache back. Rows of a larger batch prefill in full (their caches are laid out with the batch's
+  padding); DESIGN.md says why the match is on token prefixes rather than on a session id.
 - admitting rows into a running batch (continuous batching): ``_run`` would hand ``_take``'s next rows to
   the running generation at a step boundary instead of waiting for the batch to end.
 """
@@ -33,6 +35,7 @@ from edgeq.errors import OverloadedError
 from edgeq.sdk.runtime.aio import Channel
 from edgeq.sdk.runtime.decode import GenerationConfig, GenerationResult
 from edgeq.sdk.runtime.generation import Request
+from edgeq.sdk.runtime.kvreuse import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ class Batcher:
     """Batches one model's generation requests. ``submit`` from the event loop; ``close`` to stop."""
 
     def __init__(self, runtime: Any, *, max_batch: int, max_queue: int, window_s: float = 0.002,
-                 merge_window_s: float = 0.05) -> None:
+                 merge_window_s: float = 0.05, prefixes: PrefixCache | None = None) -> None:
         self.rt = runtime
+        self.prefixes = prefixes if prefixes is not None else PrefixCache(0)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.window_s, self.merge_window_s = window_s, max(merge_window_s, window_s)
         self._expect = 0  # requests expected for the next batch (see _take)
@@ -135,6 +139,7 @@ class Batcher:
             job.channel.fail(OverloadedError("the server is shutting down"))
         self._cancel_running()
         self._thread.join(timeout)
+        self.prefixes.clear()
 
     # -- the worker thread ------------------------------------------------------------------------
     def _end(self, job: Job) -> None:
@@ -185,8 +190,14 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
+            kv = None
+            if len(batch) == 1 and self.prefixes.max_entries:
+                kv = batch[0].request.kv = self.prefixes.take(batch[0].request.prompt)
             try:
                 self.rt.generate_requests([j.request for j in batch], batch[0].config)
+                if kv is not None:
+                    self.prefixes.put(kv)
+                    kv = None
             except BaseException as exc:  # a failed batch fails its requests, never the server
                 log.warning("batch of %d on %s failed: %s", len(batch), self.rt.model, exc)
                 for j in batch:
@@ -194,6 +205,8 @@ class Batcher:
                         self._end(j)
                         j.channel.fail(exc)
             finally:
+                if kv is not None:  # the generation failed: its cache is not kept
+                    kv.close()
                 with self._cond:  # the clients of this batch and those who waited for it come next
                     self._expect = len(batch) + len(self._pending)
                     self._ended_at = time.monotonic()

@@ -27,6 +27,10 @@ class ServeConfig:
         default_max_tokens: completion budget when a request names none (capped by the context left).
         max_body_bytes: largest request body read.
         max_embedding_inputs: most texts in one /v1/embeddings request.
+        prefix_cache: KV caches kept per model after one-row generations, so that a request whose prompt
+            starts like a recent one (the next turn of a chat) prefills only the rest (0 = none kept).
+        prefix_cache_tokens: tokens those caches are sized for, at most, all together (the memory bound:
+            each token costs 2 x layers x 2 x kv-heads x head-dim x the KV dtype's bytes).
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +42,8 @@ class ServeConfig:
     default_max_tokens: int = 256
     max_body_bytes: int = 1 << 20
     max_embedding_inputs: int = 256
+    prefix_cache: int = 4
+    prefix_cache_tokens: int = 16384
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -51,6 +57,8 @@ class ServeConfig:
         for name in ("batch_window_s", "merge_window_s"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1] seconds, got {getattr(self, name)}")
+        if self.prefix_cache < 0 or self.prefix_cache_tokens < 0:
+            raise ConfigError("prefix_cache and prefix_cache_tokens must be >= 0")
         if self.default_max_tokens < 1 or self.max_body_bytes < 1024 or self.max_embedding_inputs < 1:
             raise ConfigError("default_max_tokens >= 1, max_body_bytes >= 1024 and max_embedding_inputs >= 1 "
                               "are required")
