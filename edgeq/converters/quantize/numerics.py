@@ -76,9 +76,9 @@ def fp8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fake_quant_act(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
     """Activation Q->DQ as the graph computes it (int8: round/clamp ±127..-128; fp8: E4M3 saturating, per tensor;
-    nvfp4: dynamic 16-blocks under the tensor scale ``scale``, ``nvfp4.py``)."""
+    nvfp4: dynamic 16-blocks under the tensor scale ``scale``, ``fp4.py``)."""
     if kind == "nvfp4":
-        from edgeq.converters.quantize.nvfp4 import fake_quant_act as nvfp4_act
+        from edgeq.converters.quantize.fp4 import fake_quant_act as nvfp4_act
 
         return nvfp4_act(x, scale)
     if kind == "int8":
@@ -117,7 +117,7 @@ class LinearPlan:
 
     def dequant(self) -> torch.Tensor:
         if self.kind == "nvfp4":
-            from edgeq.converters.quantize.nvfp4 import block_dequant
+            from edgeq.converters.quantize.fp4 import block_dequant
 
             return block_dequant(self.q, self.scale, torch.tensor(self.global_scale, dtype=torch.float32))
         if self.kind == "int4":
