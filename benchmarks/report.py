@@ -20,6 +20,7 @@ from benchmarks.common import RESULTS, ROOT  # noqa: E402
 #: section order and the one command that regenerates each result (documented at the top of the file)
 SECTIONS: dict[str, tuple[str, str, str]] = {
     "quality": ("Quantization quality", "python benchmarks/bench_quality.py", "est. 15-25 min (edgeq AWQ dominates)"),
+    "nvfp4": ("NVFP4 quality (torch simulation)", "python benchmarks/bench_nvfp4.py", "est. 10 min (AWQ dominates)"),
     "speed": ("Speed on CPU (ONNX Runtime)", "python benchmarks/bench_speed.py", "est. 8-10 min"),
     "cpu": ("Every bundle on a CPU: the CPU graph vs onnxruntime-genai", "python benchmarks/bench_cpu.py "
             "[--demo-bundle demo-out/bundle]", "est. 6-10 min (first run also quantizes and derives)"),

@@ -26,7 +26,7 @@ from edgeq.errors import ConfigError, OutputExistsError, QuantizationError, Vali
 
 QUANT_CONFIG = "quant_config.json"
 QUANT_REPORT = "quantize_report.json"
-_BITS = {"int4": 4, "int8": 8, "fp8": 8}
+_BITS = {"int4": 4, "int8": 8, "fp8": 8, "nvfp4": 4}
 _SENS_SEQS = 2  # calibration sequences used per sensitivity measurement
 
 
@@ -81,6 +81,19 @@ def _validate_onnx(loaded: LoadedModel, cand: Path, ref: Path, holdout: Any, cfg
     batches = [(holdout.numpy(), (holdout * 0 + 1).numpy())]
     emb = evaluate.compare_embeddings(cand, ref, batches=batches)
     return {**emb.to_dict(), "limit": {"min_cosine": cfg.min_cosine}, "passed": bool(emb.mean_cosine >= cfg.min_cosine)}
+
+
+def _validate_simulated(loaded: LoadedModel, plans: dict[str, LinearPlan], holdout: Any, cfg: QuantConfig) -> dict[str, Any]:
+    """``_validate_onnx``'s check through the torch simulation of the graph's arithmetic (``simulate.py``), for a
+    scheme whose graph ONNX Runtime CPU cannot execute (NVFP4: no FLOAT4E2M1 DequantizeLinear kernel)."""
+    from edgeq.converters.quantize.simulate import compare_simulated
+
+    got = compare_simulated(loaded, plans, holdout)
+    method = "torch simulation of the QDQ graph (ONNX Runtime CPU cannot execute it)"
+    if loaded.task == TEXT_GENERATION:
+        return {**got, "method": method, "limit": {"max_kl": cfg.max_kl}, "passed": bool(got["mean_kl"] <= cfg.max_kl)}
+    return {**got, "method": method, "limit": {"min_cosine": cfg.min_cosine},
+            "passed": bool(got["mean_cosine"] >= cfg.min_cosine)}
 
 
 def _size_cost(plans: dict[str, LinearPlan], names: list[str]) -> int:
@@ -174,7 +187,10 @@ def quantize(
                 raise QuantizationError(f"no ONNX MatMul found for {emitted['unmatched'][:5]} "
                                         f"({len(emitted['unmatched'])} layers)")
             save_side_files(loaded, tmp)
-            validation = _validate_onnx(loaded, tmp / "model.onnx", ref, calib.holdout, cfg) if cfg.validate and calib is not None else None
+            validation = None
+            if cfg.validate and calib is not None:
+                validation = (_validate_onnx(loaded, tmp / "model.onnx", ref, calib.holdout, cfg)
+                              if handler.runs_on_onnxruntime_cpu else _validate_simulated(loaded, plans, calib.holdout, cfg))
             report = {
                 "model": loaded.name, "task": loaded.task, "scheme": cfg.scheme, "config": cfg.to_dict(),
                 "compute_dtype": cfg.compute_dtype,

@@ -235,6 +235,33 @@ class Int4AwqConfig(_Int4, _Rounding):
             raise ConfigError(f"max_shrink must be in [0, 1), got {self.max_shrink}")
 
 
+@dataclass(frozen=True)
+class NvFp4Config(_ActCalib):
+    """NVFP4 W4A4 for Blackwell (``nvfp4.py``): E2M1 weights with an E4M3 scale per 16-block and one FP32 scale
+    per tensor; each linear's input quantized the same way at run time (TensorRT's DynamicQuantize, per 16-block
+    along the hidden axis) under a static per-tensor scale from calibration (``act_calib``: max or percentile)."""
+
+    #: W4A4 (this config) or W4A16 (``NvFp4WeightOnlyConfig``): a class constant, not an option
+    activations: ClassVar[bool] = True
+    max_kl: float = 0.5
+    min_cosine: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.act_calib == "mse":
+            raise ConfigError("nvfp4 calibrates its activation scale by max or percentile, not mse")
+
+
+@dataclass(frozen=True)
+class NvFp4WeightOnlyConfig(QuantConfig):
+    """NVFP4 weight-only (W4A16): the weights of ``NvFp4Config``, activations in the compute dtype. Plain
+    nearest rounding on the E2M1 grid: no calibration pass."""
+
+    activations: ClassVar[bool] = False
+    max_kl: float = 0.3
+    min_cosine: float = 0.97
+
+
 def _build(cls: type[QuantConfig], kwargs: dict[str, Any]) -> QuantConfig:
     name = handler_for(cls).name
     known = {f.name for f in dataclasses.fields(cls)}

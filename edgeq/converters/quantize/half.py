@@ -138,8 +138,18 @@ def to_float16(model: Any) -> HalfStats:
             stats.initializers_converted += 1
         return half_inits[name]
 
+    # two-level scales (NVFP4): a DequantizeLinear whose output is another DequantizeLinear's scale keeps its FP32
+    # tensor scale (often below FP16's normal range) and writes its output in FP16 (``output_dtype``), as ModelOpt's
+    # NVFP4 graphs do
+    scale_dqs = {n.input[1] for n in graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 1}
     for node in graph.node:
         half = not is_fp32_node(node.name)
+        if node.op_type == "DequantizeLinear" and half and node.output[0] in scale_dqs and node.input[1] in inits:
+            node.attribute.append(helper.make_attribute("output_dtype", HALF))
+            home[node.output[0]] = True
+            stats.fp16_nodes += 1
+            new_nodes.append(node)
+            continue
         if node.op_type == "DequantizeLinear" and half and node.input[1] in inits:
             scale = numpy_helper.to_array(inits[node.input[1]])
             if scale.size and float(np.abs(scale).min()) < FP16_TINY:

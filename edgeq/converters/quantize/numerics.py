@@ -75,7 +75,12 @@ def fp8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fake_quant_act(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
-    """Per-tensor activation Q->DQ as ONNX computes it (int8: round/clamp ±127..-128; fp8: E4M3 saturating)."""
+    """Activation Q->DQ as the graph computes it (int8: round/clamp ±127..-128; fp8: E4M3 saturating, per tensor;
+    nvfp4: dynamic 16-blocks under the tensor scale ``scale``, ``fp4.py``)."""
+    if kind == "nvfp4":
+        from edgeq.converters.quantize.fp4 import fake_quant_act as nvfp4_act
+
+        return nvfp4_act(x, scale)
     if kind == "int8":
         return torch.round(x / scale).clamp(-128, 127) * scale
     if kind == "fp8":
@@ -100,15 +105,21 @@ class LinearPlan:
     """How one Linear is quantized: integer/FP8 weights + scales (+ a static activation scale for W8A8)."""
 
     name: str
-    kind: str  # "int4" | "int8" | "fp8"
-    q: torch.Tensor  # [out, in]
-    scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4 (and for FP8 given a block_size)
+    kind: str  # "int4" | "int8" | "fp8" | "nvfp4"
+    q: torch.Tensor  # [out, in] (nvfp4: the E2M1 values as float32)
+    scale: torch.Tensor  # [out] per channel, or [out, in//block] for int4 (and for FP8 given a block_size);
+    #                      nvfp4: the E4M3 block scales [out, in//16] (float8_e4m3fn)
     block_size: int | None = None
     act_scale: float | None = None  # per-tensor static scale of the input activation (W8A8)
     offset: torch.Tensor | None = None  # asymmetric INT4: per-block offset [out, in//block] added after DQ
     info: dict[str, Any] = field(default_factory=dict)
+    global_scale: float | None = None  # nvfp4: the per-tensor FP32 scale of the E4M3 block scales
 
     def dequant(self) -> torch.Tensor:
+        if self.kind == "nvfp4":
+            from edgeq.converters.quantize.fp4 import block_dequant
+
+            return block_dequant(self.q, self.scale, torch.tensor(self.global_scale, dtype=torch.float32))
         if self.kind == "int4":
             assert self.block_size is not None
             return int4_block_dequant(self.q, self.scale, self.block_size, self.offset)
@@ -118,7 +129,9 @@ class LinearPlan:
 
     @property
     def act_kind(self) -> str | None:
-        return None if self.act_scale is None else ("fp8" if self.kind == "fp8" else "int8")
+        if self.act_scale is None:
+            return None
+        return self.kind if self.kind in ("fp8", "nvfp4") else "int8"
 
     def summary(self) -> dict[str, Any]:
         d: dict[str, Any] = {"scheme": self.kind + ("" if self.act_scale is not None else "-weight-only"),
@@ -128,6 +141,8 @@ class LinearPlan:
             d["asymmetric"] = self.offset is not None
         if self.act_scale is not None:
             d["act_scale"] = self.act_scale
+        if self.global_scale is not None:
+            d["global_scale"] = self.global_scale
         d.update(self.info)
         return d
 

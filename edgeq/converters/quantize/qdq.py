@@ -10,7 +10,8 @@ DequantizeLinear (TensorRT takes no INT4 zero points) and adds the per-block off
 each block's sum, shared by the layers reading one input) and ``O`` the [blocks, out] offsets.
 Only opset-21 ai.onnx ops are used,
 so the same file loads in ONNX Runtime CPU (which fuses DQ(int4)->MatMul into MatMulNBits) and parses in
-TensorRT(-RTX).
+TensorRT(-RTX). NVFP4 plans (``nvfp4_qdq.py``) need opset 23 and run in TensorRT only; W4A4 NVFP4 adds
+TensorRT's dynamic FP4 quantizer (domain ``trt``) after the FP16 rewrite, past the standard-domain check.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
     block_sums: dict[tuple[str, int], str] = {}
     replaced: list[str] = []
     replaced_weights: set[str] = set()
+    fp4_acts: list[tuple[str, float, int]] = []  # (MatMul node, activation tensor scale, in size): W4A4 NVFP4
     for orig in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(orig)  # the repeated field is cleared below; keep owned copies
@@ -115,13 +117,22 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
             raise QuantizationError(
                 f"ONNX weight of {path} has shape {list(inits[w_name].dims)}, plan expects {want}")
         base = path.replace(".", "_")
-        w, scale, attrs = _np_weight(plan)
-        new_inits += [numpy_helper.from_array(w, f"{base}_wq"), numpy_helper.from_array(scale, f"{base}_wscale")]
-        dq_out = f"{base}_w_dq"
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_wq", f"{base}_wscale"], [dq_out],
-                                          name=f"/{path.replace('.', '/')}/weight_DequantizeLinear", **attrs))
+        if plan.kind == "nvfp4":  # two DequantizeLinear (nvfp4_qdq.py); W4A4's input quantizer goes in after FP16
+            from edgeq.converters.quantize import nvfp4_qdq
+
+            nodes, inits4, dq_out = nvfp4_qdq.weight_nodes(plan, base, path)
+            new_nodes += nodes
+            new_inits += inits4
+            if plan.act_scale is not None:
+                fp4_acts.append((node.name, float(plan.act_scale), int(plan.q.shape[1])))
+        else:
+            w, scale, attrs = _np_weight(plan)
+            new_inits += [numpy_helper.from_array(w, f"{base}_wq"), numpy_helper.from_array(scale, f"{base}_wscale")]
+            dq_out = f"{base}_w_dq"
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_wq", f"{base}_wscale"], [dq_out],
+                                              name=f"/{path.replace('.', '/')}/weight_DequantizeLinear", **attrs))
         a_in = node.input[0]
-        if plan.act_scale is not None:
+        if plan.act_scale is not None and plan.kind != "nvfp4":
             key = (a_in, float(plan.act_scale), plan.act_kind or "")
             if key not in act_qdq:
                 tag = f"{base}_act{len(act_qdq)}"
@@ -155,13 +166,20 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
         if graph.initializer[i].name in dead:
             del graph.initializer[i]
     graph.initializer.extend(new_inits)
-    _set_opset(model)
+    fp4 = any(p.kind == "nvfp4" for p in plans.values())
+    _set_opset(model, 23 if fp4 else OPSET)  # FLOAT4E2M1 in DequantizeLinear arrives with opset 23
     _check_domains(model)
     half = None
     if compute_dtype == "float16":
         from edgeq.converters.quantize.half import to_float16
 
         half = to_float16(model).to_dict()
+    if fp4_acts:
+        from onnx import TensorProto
+
+        from edgeq.converters.quantize.nvfp4_qdq import insert_dynamic_quant
+
+        insert_dynamic_quant(model, fp4_acts, TensorProto.FLOAT16 if compute_dtype == "float16" else TensorProto.FLOAT)
     _save(model, dst)
     return {"replaced": replaced, "unmatched": sorted(set(plans) - set(replaced)), "float16": half}
 
@@ -193,15 +211,15 @@ def _offset_correction(node: Any, plan: LinearPlan, offset: Any, base: str, path
     return nodes
 
 
-def _set_opset(model: Any) -> None:
+def _set_opset(model: Any, opset: int = OPSET) -> None:
     from onnx import helper
 
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
-            if imp.version < OPSET:
-                imp.version = OPSET
+            if imp.version < opset:
+                imp.version = opset
             return
-    model.opset_import.append(helper.make_opsetid("", OPSET))
+    model.opset_import.append(helper.make_opsetid("", opset))
 
 
 def _check_domains(model: Any) -> None:

@@ -49,6 +49,7 @@ class SchemeHandler:
             size, which is checked before any work (``cfg.block_size``, ``cfg.head_bits``).
         min_compute_capability: the oldest GPU whose tensor cores run the scheme (None: any GPU edgeq targets).
         refused_flavours: engine flavour -> why that library cannot run the scheme.
+        runs_on_onnxruntime_cpu: False where ONNX Runtime CPU cannot execute the emitted graph (NVFP4).
     """
 
     name: ClassVar[str]
@@ -56,6 +57,9 @@ class SchemeHandler:
     block_int4: ClassVar[bool] = False
     min_compute_capability: ClassVar[str | None] = None
     refused_flavours: ClassVar[Mapping[str, str]] = {}
+    #: whether ONNX Runtime CPU executes the scheme's graph (the quantizer validates through it, else through
+    #: the torch simulation of the same arithmetic)
+    runs_on_onnxruntime_cpu: ClassVar[bool] = True
 
     def weight_bits(self, cfg: Any) -> float:
         """Stored bits per quantized linear weight under ``cfg``, scales and offsets included (memory estimates)."""

@@ -17,6 +17,8 @@ from edgeq.converters.quantize.config import (
     Int4RtnConfig,
     Int8SmoothQuantConfig,
     Int8WeightOnlyConfig,
+    NvFp4Config,
+    NvFp4WeightOnlyConfig,
 )
 from edgeq.converters.quantize.registry import QuantContext, SchemeHandler, register_handler
 
@@ -125,3 +127,45 @@ class Int4Awq(_Int4Blocks):
         from edgeq.converters.quantize.awq import quantize_int4_awq
 
         return quantize_int4_awq(ctx)
+
+
+class _NvFp4(SchemeHandler):
+    """NVFP4 (``nvfp4.py``): E2M1 weights, an E4M3 scale per 16-block and an FP32 scale per tensor."""
+
+    # FP4 tensor cores arrive with Blackwell: sm100/sm110 (B200, Jetson Thor), sm120/sm121 (RTX 50xx, DGX Spark)
+    min_compute_capability = "10.0"
+    #: ONNX Runtime CPU has no DequantizeLinear(23) kernel for FLOAT4E2M1 (checked with onnxruntime 1.32):
+    #: the quantizer validates this scheme through its torch simulation of the graph instead
+    runs_on_onnxruntime_cpu = False
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 4.0 + 8 / 16  # one E4M3 scale per 16 weights; the tensor's FP32 scale is negligible
+
+    def target_problem(self, profile: Any) -> str | None:
+        problem = super().target_problem(profile)
+        if problem is not None and self.min_compute_capability and "compute capability" in problem:
+            return (f"{self.name} needs Blackwell FP4 tensor cores (compute capability >= {self.min_compute_capability}); "
+                    f"{profile.name} is {profile.compute_capability}, where TensorRT refuses FP4 "
+                    "('the model contains HW-specific datatypes: fp4_e2m1')")
+        return problem
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.nvfp4 import quantize_nvfp4
+
+        return quantize_nvfp4(ctx)
+
+
+@register_handler
+class NvFp4(_NvFp4):
+    """NVFP4 W4A4: weights and (dynamically, per 16-block) activations in FP4."""
+
+    name = "nvfp4"
+    config = NvFp4Config
+
+
+@register_handler
+class NvFp4WeightOnly(_NvFp4):
+    """NVFP4 W4A16: FP4 weights, FP16 activations."""
+
+    name = "nvfp4-wo"
+    config = NvFp4WeightOnlyConfig

@@ -64,3 +64,21 @@ def nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
     """Mean next-token negative log-likelihood of ``ids`` under ``logprobs``."""
     lp = logprobs[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     return float(-lp.mean())
+
+
+def compare_simulated(loaded: LoadedModel, plans: dict[str, LinearPlan], ids: torch.Tensor) -> dict[str, Any]:
+    """What ``evaluate.compare_lm`` / ``compare_embeddings`` report, computed by the torch model with ``plans``
+    simulated against the FP model, on ``ids`` [n, seq]: for schemes whose graph ONNX Runtime CPU cannot run."""
+    import math
+
+    ref = forward_outputs(loaded, ids)
+    with simulated(loaded.model, plans):
+        got = forward_outputs(loaded, ids)
+    if loaded.task == TEXT_GENERATION:
+        nll_r, nll_c = nll(ref, ids), nll(got, ids)
+        return {"mean_kl": divergence(loaded, ref, got),
+                "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
+                "ppl_candidate": math.exp(nll_c), "ppl_reference": math.exp(nll_r),
+                "ppl_increase_pct": 100.0 * (math.exp(nll_c - nll_r) - 1.0), "tokens": int(ids.numel())}
+    cos = (ref * got).sum(-1)
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": int(cos.numel())}

@@ -31,3 +31,15 @@ def test_int4_offset_correction_builds_fp16(tiny_llama, tmp_path, asymmetric: bo
     assert n_offsets == (len(res.report["layers"]) if asymmetric else 0)
     ok, log = build_rtx(res.out_dir, "SM89")
     assert ok, log
+
+
+@pytest.mark.parametrize("scheme", ["nvfp4", "nvfp4-wo"])
+def test_nvfp4_builds_for_sm120_only(tiny_llama, tmp_path, scheme: str) -> None:
+    """NVFP4 (opset-23 FP4 DequantizeLinear; W4A4 with TRT_FP4DynamicQuantize) builds for Blackwell sm120 in the
+    FP16-compute graph GPU targets get, and TensorRT-RTX itself refuses it for Ada (sm89)."""
+    cfg = get_config(scheme, compute_dtype="float16", calib_tokens=256, calib_seq_len=64, holdout_tokens=128)
+    res = quantize(tiny_llama, cfg, tmp_path / scheme)
+    ok, log = build_rtx(res.out_dir, "SM120")
+    assert ok, log
+    ok, log = build_rtx(res.out_dir, "SM89")
+    assert not ok and "HW-specific datatypes: fp4_e2m1" in log, log
