@@ -180,6 +180,8 @@ def _demo(res: Result, bundle: Path, threads: list[int], quick: bool, prompt: st
     from edgeq.sdk.bundle.manifest import Manifest
 
     m = Manifest.load(bundle)
+    rewrite = (m.build.get("cpu_graph") or {}).get("rewrite", {})
+    fp8_as = {"int8": "INT8 per output channel", "float32": "FP32 folded at load"}.get(rewrite.get("fp8_as") or "float32")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:  # the same bundle without its CPU graph entry (unsigned copy)
         plain = Path(tmp) / "b"
@@ -199,7 +201,7 @@ def _demo(res: Result, bundle: Path, threads: list[int], quick: bool, prompt: st
                     print(f"[cpu] demo {label} t={t}: {med:.2f} tok/s")
     res.table("The README demo's bundle on this CPU (edgeq runtime)", ["bundle", "threads", "new tokens", "decode tok/s"],
               rows, notes="The bundle graph computes in FP16 with FP8 QDQ on weights and activations; the CPU graph is "
-                          "FP32 weight-only (FP8 weights folded to FP32 at load), fused.")
+                          f"FP32-compute weight-only, fused, FP8 weights as {fp8_as}.")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in default: SmolLM2-135M-Instruct (offline) → ONNX → quantized QDQ ONNX checked
 # against the FP reference → TensorRT-RTX engine built on this CPU for an RTX target → signed bundle →
-# device store → a short generation through the device runtime (ONNX Runtime CPU here: no GPU).
+# device store → a short generation through the device runtime (no GPU here: ONNX Runtime CPU serves the
+# bundle's CPU graph, FP32 weight-only and fused, instead of its FP8/FP16 graph).
 # Override with EDGEQ_DEMO_TARGET (default rtx-ada: FP8) and EDGEQ_DEMO_DIR (default ./demo-out).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
