@@ -40,7 +40,8 @@ def quantized_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 
 def test_every_rtx_precision_is_covered() -> None:
-    assert len(CASES) == 14 and ("rtx-ampere", "fp8") not in CASES
+    assert len(CASES) == 16 and ("rtx-ampere", "fp8") not in CASES
+    assert {t for t, p in CASES if p.startswith("nvfp4")} == {"rtx-blackwell"}  # FP4 tensor cores: sm120 only
 
 
 def test_engines_are_built_from_fp16_compute_graphs(quantized_tiny_llama: dict[str, Path]) -> None:
@@ -53,7 +54,17 @@ def test_engines_are_built_from_fp16_compute_graphs(quantized_tiny_llama: dict[s
         matmul_inputs = {n.input[1] for n in g.node if n.op_type == "MatMul"}
         dq_scales = [n.input[1] for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in matmul_inputs]
         inits = {t.name: t.data_type for t in g.initializer}
-        assert all(inits[s] == onnx.TensorProto.FLOAT16 for s in dq_scales), precision
+        made = {n.output[0]: n for n in g.node}
+
+        def scale_dtype(name: str) -> int:
+            if name in inits:
+                return inits[name]
+            # NVFP4's two-level scale: the E4M3 block scales are dequantized (by the FP32 tensor scale) to this
+            out_dtype = {a.name: a.i for a in made[name].attribute}.get("output_dtype")
+            assert made[name].op_type == "DequantizeLinear" and out_dtype is not None, (precision, name)
+            return out_dtype
+
+        assert all(scale_dtype(s) == onnx.TensorProto.FLOAT16 for s in dq_scales), precision
 
 
 @pytest.mark.parametrize("target, precision", CASES)
