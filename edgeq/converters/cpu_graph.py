@@ -222,6 +222,12 @@ def _fp8_weights_as_cast(model: Any, as_int8: bool = False) -> int:
             shape = [1] * rank
             shape[axis % rank] = s.size
             s = s.reshape(shape)
+        elif s.ndim == rank and tuple(s.shape) != tuple(w.dims):  # blocked (e.g. FP8 128x128): expand to the weight
+            block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+            for i in range(rank):
+                if s.shape[i] != w.dims[i]:
+                    s = np.repeat(s, block, axis=i)[tuple(slice(0, w.dims[i]) if j == i else slice(None)
+                                                         for j in range(rank))]
         if as_int8:  # INT8 per output channel: a quarter of FP32's bytes, new bytes (not shared)
             w32 = numpy_helper.to_array(w).astype(np.float32) * s
             red = tuple(i for i in range(rank) if i != axis % rank)
