@@ -61,3 +61,19 @@ def client(url: str, **kw: Any) -> Any:
     import openai
 
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=kw.pop("timeout", 30), **kw)
+
+
+def count_fed_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Token ids per row of every run that reaches ONNX Runtime, bound or through infer (in order)."""
+    from edgeq.sdk.runtime.backends.ort_io import OrtBinder
+
+    seen: list[int] = []
+    feed = OrtBinder.feed
+
+    def counted(self: OrtBinder, name: str, array: Any) -> None:
+        if name == "input_ids":
+            seen.append(int(array.shape[1]))
+        feed(self, name, array)
+
+    monkeypatch.setattr(OrtBinder, "feed", counted)
+    return seen

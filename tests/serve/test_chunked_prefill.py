@@ -12,25 +12,13 @@ import onnxruntime as ort
 import pytest
 
 from edgeq.sdk import Runtime
-from edgeq.sdk.runtime.backends.ort_io import OrtBinder
 from edgeq.sdk.runtime.context import engine_limits
 from edgeq.sdk.runtime.decode import GenerationConfig, generate_ids, left_pad, prefill
+from tests.serve.conftest import count_fed_tokens
 
 LONG = "Python was created by Guido van Rossum and first released in 1991. " * 6
 
 
-def _runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Token ids per row of every run that reaches ONNX Runtime (bound or through infer)."""
-    seen: list[int] = []
-    feed = OrtBinder.feed
-
-    def counted(self: OrtBinder, name: str, array: np.ndarray) -> None:
-        if name == "input_ids":
-            seen.append(int(array.shape[1]))
-        feed(self, name, array)
-
-    monkeypatch.setattr(OrtBinder, "feed", counted)
-    return seen
 
 
 def _last_logits(stepper: Any, prompts: list[list[int]], chunk: int | None) -> np.ndarray:
@@ -50,7 +38,7 @@ def test_chunks_give_the_one_pass_logits(lm_rt: Runtime, lm_bundle: Path, bound:
     # rows of 40, 9 and 1 tokens: left padding fills whole chunks of the short rows
     prompts = [tok.encode(LONG)[:40], tok.encode("Guido remains Python's principal author")[:9], [tok.encode("a")[0]]]
     one = _last_logits(h.stepper, prompts, None)
-    runs = _runs(monkeypatch)
+    runs = count_fed_tokens(monkeypatch)
     for chunk in (1, 7, 16, 39):
         runs.clear()
         got = _last_logits(h.stepper, prompts, chunk)
@@ -91,7 +79,7 @@ def test_a_prompt_past_the_profile_sequence_maximum_is_prefilled_in_chunks(
     ids = lm_rt.tokenizer.encode(LONG * 2)[:100]
     ref = lm_rt.generate(ids, max_new_tokens=10)  # the onnx entry: no sequence maximum, one pass
     assert ref.cached_tokens == 0
-    runs = _runs(monkeypatch)
+    runs = count_fed_tokens(monkeypatch)
     monkeypatch.setattr(Runtime, "_limits", staticmethod(lambda h: limits))
     assert lm_rt.encode_prompt(ids, 10) == ids  # not refused any more
     res = lm_rt.generate(ids, max_new_tokens=10)

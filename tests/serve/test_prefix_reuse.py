@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from edgeq.sdk import ContextLimits, KvSession, PrefixCache, Runtime
-from edgeq.sdk.runtime.backends.ort_io import OrtBinder
 from edgeq.sdk.runtime.generation import Request
 from edgeq.sdk.runtime.kvreuse import common_prefix
-from tests.serve.conftest import LM, QUIET, client
+from tests.serve.conftest import LM, QUIET, client, count_fed_tokens
 
 SYSTEM = "You are a terse assistant that answers questions about Python."
 TURNS = ("Who created Python?", "When was it first released?", "What does GIL stand for?")
@@ -22,16 +21,7 @@ TURNS = ("Who created Python?", "When was it first released?", "What does GIL st
 @pytest.fixture()
 def fed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Tokens per row of every run fed to ONNX Runtime, bound or through infer (in order)."""
-    seen: list[int] = []
-    feed = OrtBinder.feed
-
-    def counted(self: OrtBinder, name: str, array: np.ndarray) -> None:
-        if name == "input_ids":
-            seen.append(int(array.shape[1]))
-        feed(self, name, array)
-
-    monkeypatch.setattr(OrtBinder, "feed", counted)
-    return seen
+    return count_fed_tokens(monkeypatch)
 
 
 def _host_only(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -7,7 +7,8 @@ from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, f
 from edgeq.converters.quantize.registry import QuantContext
 
 
-def quantize_fp8(ctx: QuantContext) -> dict[str, LinearPlan]:
+def calibrated_act_amax(ctx: QuantContext) -> dict[str, float]:
+    """Each block linear's input range over the calibration text (``cfg.act_calib``), block by block."""
     cfg = ctx.cfg
     assert ctx.calib is not None
     amax: dict[str, float] = {}
@@ -16,6 +17,12 @@ def quantize_fp8(ctx: QuantContext) -> dict[str, LinearPlan]:
             if name in ctx.linears:
                 amax[name] = act_amax(x, cfg.act_calib, cfg.percentile)
         advance()
+    return amax
+
+
+def quantize_fp8(ctx: QuantContext) -> dict[str, LinearPlan]:
+    cfg = ctx.cfg
+    amax = calibrated_act_amax(ctx)
     plans = {}
     for name, mod in ctx.linears.items():
         q, scale = fp8_channel_quant(mod.weight.detach().float())

@@ -33,8 +33,6 @@ def weight_plan(name: str, w: torch.Tensor, act_scale: float | None = None, **in
 
 def quantize_nvfp4(ctx: QuantContext) -> dict[str, LinearPlan]:
     """NVFP4 plans for ``ctx.linears``; W4A4 configs calibrate each linear's input range first."""
-    from edgeq.converters.quantize.numerics import act_amax
-
     bad = [n for n, m in ctx.linears.items() if m.in_features % BLOCK]
     if bad:
         raise QuantizationError(f"NVFP4 blocks are {BLOCK} wide; {len(bad)} linears have an input size that is "
@@ -42,14 +40,9 @@ def quantize_nvfp4(ctx: QuantContext) -> dict[str, LinearPlan]:
     cfg = ctx.cfg
     amax: dict[str, float] = {}
     if cfg.activations:
-        from edgeq.converters.quantize.calibrate import iterate_blocks
+        from edgeq.converters.quantize.fp8 import calibrated_act_amax
 
-        assert ctx.calib is not None
-        for _i, _path, _block, collect, advance in iterate_blocks(ctx.loaded, ctx.calib.calib):
-            for name, x in collect().items():
-                if name in ctx.linears:
-                    amax[name] = act_amax(x, cfg.act_calib, cfg.percentile)
-            advance()
+        amax = calibrated_act_amax(ctx)
     plans = {}
     for name, mod in ctx.linears.items():
         act = amax.get(name)
