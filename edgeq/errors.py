@@ -84,7 +84,10 @@ class QuantizationError(EdgeqError):
 
 
 class AccuracyBudgetError(ValidationError):
-    """The accuracy budget could not be met even with every candidate layer kept in FP16."""
+    """No allowed precision mix meets the accuracy budget. ``culprits``: the per-layer sensitivity rows, most
+    sensitive first, when the search got as far as scoring the layers."""
+
+    culprits: list[dict[str, object]] | None = None
 
 
 # -- targets and engines ----------------------------------------------------------------------

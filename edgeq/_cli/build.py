@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
                                                 help="give an LM bundle its CPU graph (FP32, fused; devices without a usable GPU serve it)")] = True,
         block_size: Annotated[int | None, typer.Option("--block-size", help="INT4 block size (default 128)")] = None,
         quantize_head: Annotated[bool, typer.Option("--quantize-head", help="quantize the LM head too (faster decode, some accuracy)")] = False,
+        accuracy_budget: Annotated[str | None, typer.Option(
+            "--accuracy-budget", help="what the quantized model must meet on held-out text: ppl+1%, kl<=0.02, "
+                                      "cosine>=0.995, or none; default: the target's (`edgeq targets show`)")] = None,
     ) -> None:
         """Build a signed, deployable bundle of MODEL for TARGET: export, quantize, check, build the engine."""
         from edgeq.converters.build import build as run_build
 
         result = run_build(model, target, precision, out, sign_key=sign_key, variant=variant,
                            bundle_version=bundle_version, overwrite=overwrite, console=err_console,
-                           health=health, cpu_graph=cpu_graph, quant_overrides=_overrides(block_size, None, None, quantize_head=quantize_head))
+                           health=health, cpu_graph=cpu_graph, accuracy_budget=accuracy_budget, quant_overrides=_overrides(block_size, None, None, quantize_head=quantize_head))
         table = Table("", "", title=f"{result.model_name} → {result.target}", show_header=False)
         for label, value in result.summary_rows():
             table.add_row(label, value)

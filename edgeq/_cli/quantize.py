@@ -15,6 +15,9 @@ SchemeOpt = Annotated[str, typer.Option("--scheme", "-s", help=" | ".join(scheme
 BlockOpt = Annotated[int | None, typer.Option("--block-size", help="INT4 block size along the input dim (default 128)")]
 CalibOpt = Annotated[Path | None, typer.Option("--calib", help="calibration text file (default: the shipped one)")]
 BudgetOpt = Annotated[str | None, typer.Option("--accuracy-budget", help="e.g. ppl+1%, kl<=0.02, cosine>=0.995")]
+UpgradeOpt = Annotated[list[str] | None, typer.Option(
+    "--upgrade", help="with --accuracy-budget: a weight-only scheme sensitive layers may be raised to before FP16 "
+                      "(repeat, cheapest first), e.g. --upgrade int8-wo")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="write the sensitivity table (JSON + PNG) here")]
 KeepOpt = Annotated[list[str] | None, typer.Option("--keep-fp16", help="glob of layer names left unquantized (repeatable)")]
 DtypeOpt = Annotated[str | None, typer.Option("--compute-dtype", help="float32 (ONNX Runtime CPU, default) | float16 (GPU engines)")]
@@ -64,7 +67,8 @@ def _read_calib(path: Path | None) -> str | None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def quantize(model: ModelOpt, scheme: SchemeOpt, out: OutOpt, block_size: BlockOpt = None, calib: CalibOpt = None,
-                 accuracy_budget: BudgetOpt = None, report: ReportOpt = None, keep_fp16: KeepOpt = None,
+                 accuracy_budget: BudgetOpt = None, upgrade: UpgradeOpt = None, report: ReportOpt = None,
+                 keep_fp16: KeepOpt = None,
                  compute_dtype: DtypeOpt = None, quantize_head: HeadOpt = False, set_: SetOpt = None,
                  overwrite: OverwriteOpt = False, format_: FormatOpt = "onnx") -> None:
         """Quantize a model into one QDQ ONNX (ONNX Runtime + TensorRT) checked against the FP reference."""
@@ -80,8 +84,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[green]wrote[/green] {hf.hf.format} checkpoint {hf.out_dir} (QDQ ONNX of the same weights: "
                           f"{hf.onnx_dir})")
             return
+        from edgeq.converters.quantize.mixed import rung_config
+        from edgeq.errors import ConfigError
+
+        if upgrade and not accuracy_budget:
+            raise ConfigError("--upgrade needs --accuracy-budget: rungs are what a budget raises layers to")
         res = run(model, cfg, out, calib_text=_read_calib(calib), accuracy_budget=accuracy_budget,
-                  report_dir=report, overwrite=overwrite)
+                  upgrade=tuple(rung_config(u, cfg.compute_dtype) for u in upgrade or ()), report_dir=report,
+                  overwrite=overwrite)
         r = res.report
         console.print(f"[green]quantized[/green] {r['model']} ({r['scheme']}) → {res.onnx_path}")
         console.print(f"layers quantized: {len(r['layers'])}, kept unquantized: {len(r['kept_fp16'])}; "
@@ -92,9 +102,9 @@ def register(app: typer.Typer) -> None:
                       if "mean_kl" in v else f"cosine mean {v['mean_cosine']:.4f} min {v['min_cosine']:.4f}")
             console.print(f"held-out check vs FP: {detail}")
         if r.get("accuracy_budget"):
-            b = r["accuracy_budget"]
-            console.print(f"budget {b['budget']['text']}: kept {len(b['kept'])} layers in FP16 "
-                          f"(+{b['size_cost_bytes'] / 1e6:.2f} MB)")
+            from edgeq.converters.build_report import budget_text
+
+            console.print(f"accuracy budget {budget_text(r['accuracy_budget'])}")
 
     @app.command()
     def sensitivity(model: ModelOpt, scheme: SchemeOpt, out: OutOpt, block_size: BlockOpt = None,

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
     @targets_app.command("show")
     def show(name: str) -> None:
         """Print one target profile in full (NAME may be an alias)."""
-        from edgeq.converters.build_checks import target_profile
+        from edgeq.converters.build_checks import profile_budget, target_profile
         from edgeq.targets import profile_hash
 
         p = target_profile(name)
@@ -47,6 +47,12 @@ def register(app: typer.Typer) -> None:
         table.add_row("compute dtype", p.compute_dtype)
         for task, precs in p.precisions.items():
             table.add_row(f"precisions ({task})", ", ".join(precs) + f"  [default {p.default_precision[task]}]")
+        for task in p.precisions:
+            budget = profile_budget(p, task)
+            ladder = [p.default_precision[task], *p.upgrade_precisions.get(task, ()), "unquantized"]
+            table.add_row(f"accuracy budget ({task})", f"{budget if budget else 'none'}"
+                          + ("" if task in p.accuracy_budget else " (edgeq's outer bound: the profile states none)")
+                          + f"; layers raised along {' → '.join(ladder)}")
         for prec, reason in p.unsupported.items():
             table.add_row(f"no {prec}", reason)
         for task, shapes in p.shapes.items():

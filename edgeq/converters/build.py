@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeq._fs import os_error_to_edgeq
-from edgeq.converters.build_checks import check_disk, check_memory, check_output, check_precision, estimate_memory, target_profile
+from edgeq.converters.build_checks import (check_disk, check_memory, check_output, check_precision, estimate_memory,
+                                           profile_budget, target_profile)
 from edgeq.converters.build_plan import ENGINE_PATH, ONNX_PATH, PlannedShapes, fit_shapes, make_plan
-from edgeq.converters.build_report import BuildResult, Stages
+from edgeq.converters.build_report import BuildResult, Stages, budget_text
 from edgeq.converters.bundle import BundleContents, write_bundle
 from edgeq.converters.health import build_health_data
+from edgeq.converters.quantize.budget import AccuracyBudget
 from edgeq.converters.sources import LoadedModel, ModelSpec, load_model
 from edgeq.errors import BackendUnavailableError
 from edgeq.sdk.engine.builder import BuiltEngine, build_engine, flavour_available, library_version
@@ -56,6 +59,7 @@ def build(
     quant_overrides: dict[str, Any] | None = None,
     health: bool = True,
     cpu_graph: bool = True,
+    accuracy_budget: str | None = None,
 ) -> BuildResult:
     """Build a deployable bundle of ``model`` for ``target``.
 
@@ -75,9 +79,14 @@ def build(
         cpu_graph: give a text-generation bundle its CPU graph (``converters.cpu_graph``: FP32, fused, sharing
             the bundle graph's weight bytes), checked against the canaries; a device without a usable GPU
             serves it. False: CPU devices run the bundle graph as written.
+        accuracy_budget: what the quantized model must meet on held-out text (``ppl+1%``, ``cosine>=0.995``;
+            ``none``: no budget); default: the profile's for the task. Sensitive layer groups go up the profile's
+            ``upgrade_precisions`` ladder, then to the compute dtype, within the memory budget; AccuracyBudgetError
+            when no allowed mix meets it.
 
     Raises UnknownTargetError, UnsupportedPrecisionError, MemoryBudgetError, DiskFullError,
-    OutputExistsError before any work; export/quantization/engine errors after, leaving nothing behind.
+    OutputExistsError, ConfigError (a bad budget) before any work; export/quantization/engine errors and
+    AccuracyBudgetError after, leaving nothing behind.
     """
     profile = target_profile(target)  # a name (or alias) or a profile, checked against the scheme registry
     stages = Stages(console)
@@ -86,6 +95,8 @@ def build(
         check_precision(profile, precision)
     if out is not None:
         check_output(Path(out), overwrite)
+    if accuracy_budget is not None and accuracy_budget.strip().lower() != "none":
+        AccuracyBudget.parse(accuracy_budget)  # a typo fails now; whether it fits the task, once the model is known
     profile.memory_budget_bytes(variant)  # an unknown --variant is refused now, not after the load
     if sign_key is not None:
         from edgeq.converters.signing import load_private_key
@@ -107,6 +118,7 @@ def build(
         precision = prequant.precision
     precision = precision or profile.default_precision.get(task) or ""
     check_precision(profile, precision, task)
+    budget = profile_budget(profile, task, accuracy_budget) if prequant is None or not prequant.keep else None
     out = Path(out) if out is not None else Path(f"{loaded.name}-{profile.name}-{precision}")
     check_output(out, overwrite)
     max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -125,7 +137,9 @@ def build(
         return _execute(loaded, profile, task, precision, out, work, stages, memory.to_dict(), fitted,
                         engine_here, sign_key=sign_key, bundle_version=bundle_version, overwrite=overwrite,
                         quant_overrides=quant_overrides or {}, health=health, prequant=prequant,
-                        cpu_graph=cpu_graph and task == TEXT_GENERATION)
+                        cpu_graph=cpu_graph and task == TEXT_GENERATION,
+                        budget=_BudgetPlan(budget, tuple(u for u in profile.upgrade_precisions.get(task, ()) if u != precision),
+                                           max(0, memory.budget - memory.total)))
     except OSError as exc:
         raise os_error_to_edgeq(exc, out) from exc
     finally:
@@ -136,6 +150,7 @@ def _execute(
     loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, out: Path, work: Path, stages: Stages,
     memory: dict[str, Any], planned: PlannedShapes, engine_here: bool, *, sign_key: Any, bundle_version: int,
     overwrite: bool, quant_overrides: dict[str, Any], health: bool, prequant: Any = None, cpu_graph: bool = False,
+    budget: _BudgetPlan | None = None,
 ) -> BuildResult:
     from edgeq.converters.export import export_onnx
 
@@ -143,7 +158,9 @@ def _execute(
         fp = export_onnx(loaded, work / "fp")
     with stages.stage("quantize", f"quantizing to {precision} and checking accuracy against the reference"):
         q_dir, q_onnx, quant_report, quant_config = _quantize(loaded, precision, profile, work / "q", quant_overrides,
-                                                              keep=prequant is not None and prequant.keep)
+                                                              keep=prequant is not None and prequant.keep, budget=budget)
+    if quant_report.get("accuracy_budget"):
+        stages.note(budget_text(quant_report["accuracy_budget"]))
     if prequant is not None:
         stages.note(prequant.note)
     plan: BuildPlan | None = None
@@ -196,6 +213,7 @@ def _execute(
         "fp16_onnx_bytes_estimate": fp16_bytes,
         "engine_bytes": built.info.engine_size if built else None,
         "accuracy": _accuracy(quant_report),
+        "accuracy_budget": _budget_record(quant_report.get("accuracy_budget")),
         "memory_estimate": memory,
         "health_data": bool(health_files),
         "prequantized": prequant.to_dict() if prequant is not None else None,
@@ -209,14 +227,24 @@ def _execute(
         out_dir=out, model_name=loaded.name, target=profile.name, task=task, precision=precision,
         engine_mode=build_info["engine_mode"], engine_note=note, onnx_bytes=onnx_bytes, fp16_onnx_bytes=fp16_bytes,
         engine_bytes=build_info["engine_bytes"], accuracy=build_info["accuracy"], engine_build=build_info["engine_build"],
+        accuracy_budget=build_info["accuracy_budget"],
         memory=memory, stage_seconds=dict(stages.seconds), shape_notes=planned.notes, signed=sign_key is not None,
         manifest=manifest, weights_note=prequant.note if prequant is not None else "",
     )
 
 
 # -- seams to the other converter pieces ------------------------------------------------------------------
-def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_dir: Path,
-              overrides: dict[str, Any], keep: bool = False) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class _BudgetPlan:
+    """What the quantizer gets of the budget: the budget (None: none), the upgrade rungs, the free weight bytes."""
+
+    budget: AccuracyBudget | None
+    upgrade: tuple[str, ...]
+    max_extra_bytes: int
+
+
+def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_dir: Path, overrides: dict[str, Any],
+              keep: bool = False, budget: _BudgetPlan | None = None) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
     """Quantize with ``edgeq.converters.quantize``; returns (dir, onnx path, report, config dict). ``keep``: a
     pre-quantized checkpoint's published weights are kept (scheme ``prequantized``) instead."""
     from edgeq.converters.quantize import get_config, quantize  # imports torch: not at module load
@@ -230,7 +258,11 @@ def _quantize(loaded: LoadedModel, precision: str, profile: TargetProfile, out_d
     if cfg.compute_dtype != profile.compute_dtype:
         log.warning("%s computes in %s; this build was asked for %s activations (recorded in the manifest)",
                     profile.name, profile.compute_dtype, cfg.compute_dtype)
-    result = quantize(loaded, cfg, out_dir)
+    from edgeq.converters.quantize.mixed import rung_config
+
+    upgrade = tuple(rung_config(u, cfg.compute_dtype) for u in budget.upgrade) if budget else ()
+    result = quantize(loaded, cfg, out_dir, accuracy_budget=budget.budget if budget else None, upgrade=upgrade,
+                      max_extra_bytes=budget.max_extra_bytes if budget else None)
     return Path(result.out_dir), Path(result.onnx_path), dict(result.report), cfg.to_dict()
 
 
@@ -285,6 +317,11 @@ def _accuracy(report: dict[str, Any]) -> dict[str, Any]:
     if "ppl_increase_pct" not in acc and isinstance(ref, (int, float)) and isinstance(cand, (int, float)) and ref > 0:
         acc["ppl_increase_pct"] = round(100.0 * (cand - ref) / ref, 3)
     return acc
+
+
+def _budget_record(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's record of the budget: everything the quantizer reported but its search trace."""
+    return None if not info else {k: v for k, v in info.items() if k != "evaluations"}
 
 
 def _bundle(loaded: LoadedModel, profile: TargetProfile, task: str, precision: str, quant_config: dict[str, Any],

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.converters.quantize import get_config, handler_named, scheme_names
+from edgeq.converters.quantize.budget import AccuracyBudget
 from edgeq.converters.quantize.config import QuantConfig
 from edgeq.errors import ConfigError, DiskFullError, MemoryBudgetError, OutputExistsError, UnsupportedPrecisionError
 from edgeq.targets import TargetProfile, TaskShapes, get_profile, list_profiles
 
 GIB = 1 << 30
+#: the budget of a task whose profile states none: the outer bound no default build may exceed
+#: (a 2% perplexity rise is where the field rolls a model back)
+DEFAULT_BUDGETS = {"text-generation": "ppl+2%", "feature-extraction": "cosine>=0.99"}
 #: Bytes per element of non-quantized tensors and the KV cache (the profiles' compute dtype is FP16).
 COMPUTE_BYTES = 2
 
@@ -38,7 +42,29 @@ def check_profile(profile: TargetProfile) -> TargetProfile:
         if problem is not None:
             raise ConfigError(f"target {profile.name}: {where} lists {p}, but {problem}",
                               hint=f"move {p} to the profile's [unsupported] table with this reason")
+    for task in profile.accuracy_budget:
+        profile_budget(profile, task)
+    for task, rungs in profile.upgrade_precisions.items():
+        for p in rungs:
+            if get_config(p).folds_scales:
+                raise ConfigError(f"target {profile.name}: upgrade_precisions.{task} lists {p}, which rewrites FP "
+                                  "weights (scale folding) and cannot sit above another scheme", hint="use int8-wo")
     return profile
+
+
+def profile_budget(profile: TargetProfile, task: str, override: str | None = None) -> AccuracyBudget | None:
+    """The budget a build for ``task`` meets: ``override`` (``--accuracy-budget``; ``none`` turns it off), the
+    profile's, or ``DEFAULT_BUDGETS``. ConfigError for one that does not parse or apply to the task."""
+    text = override if override is not None else profile.accuracy_budget.get(task, DEFAULT_BUDGETS.get(task))
+    if text is None or text.strip().lower() == "none":
+        return None
+    where = "--accuracy-budget" if override is not None else f"target {profile.name}: accuracy_budget.{task}"
+    try:
+        budget = AccuracyBudget.parse(text)
+        budget.check_task(task)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
+    return budget
 
 
 def target_profile(target: str | TargetProfile) -> TargetProfile:

@@ -66,6 +66,7 @@ class BuildResult:
     signed: bool = False
     manifest: Any = field(default=None, repr=False)
     weights_note: str = ""  # a pre-quantized checkpoint: its weights kept exactly, or re-quantized and why
+    accuracy_budget: dict[str, Any] | None = None  # the quantizer's budget record (None: no budget applied)
 
     @property
     def total_seconds(self) -> float:
@@ -83,7 +84,8 @@ class BuildResult:
             ("engine", self.engine_note),
             ("ONNX size", f"{self.onnx_bytes / MIB:.1f} MiB ({ratio(self.onnx_bytes)})"),
             ("engine size", f"{self.engine_bytes / MIB:.1f} MiB ({ratio(self.engine_bytes)})" if self.engine_bytes else "built on the device"),
-            ("accuracy vs reference", _accuracy_text(self.accuracy)),
+            ("accuracy vs reference", _accuracy_text(self.accuracy, self.accuracy_budget)),
+            ("accuracy budget", budget_text(self.accuracy_budget) if self.accuracy_budget else "none (--accuracy-budget none)"),
         ]
         if self.engine_build:
             rows.append(("engine build time", f"{self.engine_build['seconds']:.1f} s"))
@@ -104,10 +106,31 @@ _ACCURACY_SHOWN = {
 }
 
 
-def _accuracy_text(acc: dict[str, Any]) -> str:
+def _accuracy_text(acc: dict[str, Any], budget: dict[str, Any] | None = None) -> str:
     if not acc:
         return "not measured"
     parts = [fmt.format(acc[k]) for k, fmt in _ACCURACY_SHOWN.items() if isinstance(acc.get(k), (int, float))]
-    if "passed" in acc:
-        parts.append("within tolerance" if acc["passed"] else "OUT OF TOLERANCE")
+    parts.append("on held-out calibration text")
+    if budget is None and "passed" in acc:  # without a budget only the scheme's sanity gate was checked
+        parts.append("passes the scheme's sanity gate (no accuracy budget)" if acc["passed"] else "OUT OF TOLERANCE")
     return ", ".join(parts) or "see manifest"
+
+
+def budget_text(b: dict[str, Any]) -> str:
+    """One line of what the budget asked, what the graph measured, and what it cost."""
+    text = b["budget"]["text"]
+    graph = b.get("met_in_graph")
+    if graph is None:
+        verdict = "met in simulation, graph not checked" if b.get("met") else "NOT MET"
+    else:
+        verdict = f"met ({b['graph_check']})" if graph else "NOT MET"
+    measured = b.get("graph_measured", b.get("measured"))
+    ref = b.get("graph_reference", b.get("baseline"))
+    shown = (f"ppl {measured:.3f} vs {ref:.3f} ({100 * (measured / ref - 1):+.2f}%)" if b["metric"] == "ppl" and ref
+             else f"{b['metric']} {measured:.4g}") if isinstance(measured, (int, float)) else "not measured"
+    if not b.get("ladder"):
+        return f"{text}: {shown}, {verdict}"
+    mix = ", ".join(f"{k} {v:.1%}" for k, v in sorted(b["weight_fraction"].items(), key=lambda kv: -kv[1]))
+    raised = len(b["raised"])
+    return (f"{text}: {shown}, {verdict}; {raised} linear{'s' if raised != 1 else ''} raised ({mix} of the weights), "
+            f"{b['effective_bits']:.2f} bits/weight")

@@ -89,6 +89,11 @@ class TargetProfile:
       (shared CPU/GPU memory on Jetson, VRAM on discrete GPUs) and how much of it a model may use.
     - ``precisions`` / ``default_precision`` per task; ``unsupported`` maps a precision to why not.
     - ``shapes`` per task: batch / sequence / past-length ranges for the optimization profile.
+    - ``accuracy_budget`` per task: what every default build must meet on held-out text (``ppl+1%``,
+      ``cosine>=0.995``; parsed where the converters load the profile). A task without one gets the outer
+      bound (``edgeq.converters.build_checks.DEFAULT_BUDGETS``).
+    - ``upgrade_precisions`` per task: the rungs, cheapest first, that a budget may raise sensitive layers to
+      before leaving them unquantized (e.g. ``int8-wo`` above ``int4-awq``); each a precision of the task.
     - ``aliases``: other names ``get_profile`` answers to (a renamed target keeps its old name working).
     """
 
@@ -110,6 +115,8 @@ class TargetProfile:
     builder_optimization_level: int = 3
     workspace_mib: int = 1024
     dla_cores: int = 0
+    accuracy_budget: dict[str, str] = field(default_factory=dict)
+    upgrade_precisions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
@@ -155,6 +162,15 @@ class TargetProfile:
                    f"default_precision.{task} = {p!r} is not in precisions.{task}")
         for p in self.unsupported:
             _check(bool(_NAME.match(p)), f"unsupported: {p!r} is not a precision name")
+        for task, budget in self.accuracy_budget.items():
+            _one_of("accuracy_budget task", task, KNOWN_TASKS)
+            _check(isinstance(budget, str) and bool(budget.strip()), f"accuracy_budget.{task} must be a budget like 'ppl+1%'")
+        object.__setattr__(self, "upgrade_precisions", {t: tuple(p) for t, p in self.upgrade_precisions.items()})
+        for task, rungs in self.upgrade_precisions.items():
+            _one_of("upgrade_precisions task", task, KNOWN_TASKS)
+            for p in rungs:
+                _check(p in self.precisions.get(task, ()), f"upgrade_precisions.{task}: {p!r} is not in precisions.{task}")
+                _check(p != self.default_precision.get(task), f"upgrade_precisions.{task}: {p!r} is the default itself")
         for task, s in self.shapes.items():
             _one_of("shapes task", task, KNOWN_TASKS)
             has_kv = TASK_SPECS[task].kv_cache
@@ -195,6 +211,7 @@ class TargetProfile:
         d = dataclasses.asdict(self)
         d["precisions"] = {t: list(p) for t, p in self.precisions.items()}
         d["aliases"] = list(self.aliases)
+        d["upgrade_precisions"] = {t: list(p) for t, p in self.upgrade_precisions.items()}
         d["shapes"] = {
             t: {axis: r.as_list() for axis, r in s.axes().items()} for t, s in self.shapes.items()
         }

@@ -81,6 +81,9 @@ def test_rtx_ada_bundle_has_fp8_engine_and_full_record(ada_bundle: tuple[Path, o
     shapes = {i["name"]: i for i in b["profile_shapes"][0]["inputs"]}
     assert shapes["input_ids"]["max"][1] + shapes["past_key_values.0.key"]["max"][2] <= 512  # fitted to the model
     assert b["accuracy"]["passed"] is True and "mean_kl" in b["accuracy"]
+    budget = b["accuracy_budget"]  # the profile's default budget, checked on the emitted graph
+    assert budget["budget"]["text"] == "ppl+1%" and budget["met_in_graph"] is True and budget["ladder"] == ["fp8", "fp16"]
+    assert "evaluations" not in budget and dict(result.summary_rows())["accuracy budget"].startswith("ppl+1%: ppl ")
     assert set(b["stage_seconds"]) >= {"load", "export", "quantize", "engine"}
     assert m.health == "health/health.json" and (out / "health/canaries.npz").is_file()
     assert BuildPlan.load(out / "plan/build_plan.json").compute_capabilities == ("8.9",)
@@ -208,7 +211,7 @@ def test_not_enough_disk_refused_before_work(tmp_path: Path, monkeypatch: pytest
 # -- failures during the work leave nothing behind -----------------------------------------------
 def _fake_quantize(onnx_path: Path):
     """Stand in for the quantizer's output with a hand-made ONNX (the failure is downstream of it)."""
-    def fake(loaded, precision, profile, out_dir, overrides, keep=False):
+    def fake(loaded, precision, profile, out_dir, overrides, keep=False, budget=None):
         out_dir.mkdir()
         shutil.copy(onnx_path, out_dir / "model.onnx")
         return out_dir, out_dir / "model.onnx", {}, {"scheme": precision}
@@ -272,3 +275,33 @@ def test_bad_sign_key_refused_before_work(tmp_path: Path, no_model_load: None) -
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
         build("tiny-llama", "rtx-ada", out=tmp_path / "b", sign_key=tmp_path / "not-a-key.pem")
     assert not (tmp_path / "b").exists()
+
+
+def test_explicit_budget_raises_layers_and_the_manifest_says_which(tmp_path: Path) -> None:
+    result = build("tiny-llama", "cpu-x86-64", out=tmp_path / "b", accuracy_budget="kl<=0.003", health=False,
+                   cpu_graph=False, quant_overrides={**FAST_QUANT, "block_size": 32})
+    b = Manifest.load(tmp_path / "b").build["accuracy_budget"]
+    assert b["budget"]["text"] == "kl<=0.003" and b["ladder"] == ["int4-awq", "int8-wo", "fp32"]
+    assert b["raised"] and b["met_in_graph"] is True and b["graph_measured"] <= 0.003
+    assert b["effective_bits"] > 4.25 and b["weight_fraction"]["int4-awq"] < 1
+    row = dict(result.summary_rows())["accuracy budget"]
+    assert row.startswith("kl<=0.003: kl ") and "met (onnxruntime cpu)" in row and "raised" in row
+
+
+def test_budget_none_builds_without_one(tmp_path: Path) -> None:
+    result = build("tiny-llama", "cpu-x86-64", out=tmp_path / "b", accuracy_budget="none", health=False,
+                   cpu_graph=False, quant_overrides=FAST_QUANT)
+    assert Manifest.load(tmp_path / "b").build["accuracy_budget"] is None
+    assert dict(result.summary_rows())["accuracy budget"].startswith("none")
+
+
+def test_bad_budget_is_refused_before_the_model_loads(tmp_path: Path, no_model_load: None) -> None:
+    with pytest.raises(ConfigError, match="cannot parse accuracy budget"):
+        build("tiny-llama", "rtx-ada", out=tmp_path / "b", accuracy_budget="ppl*2")
+    assert not (tmp_path / "b").exists()
+
+
+def test_budget_of_another_task_is_refused_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--accuracy-budget: budget metric 'cosine' does not apply"):
+        build("tiny-llama", "cpu-x86-64", out=tmp_path / "b", accuracy_budget="cosine>=0.99")
+    assert not (tmp_path / "b").exists() and leftovers(tmp_path) == []

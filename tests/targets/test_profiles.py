@@ -179,6 +179,9 @@ def test_adding_a_target_is_adding_a_file(tmp_path: Path, monkeypatch: pytest.Mo
         ({"usable_memory_fraction": 1.5}, "usable_memory_fraction"),
         ({"default_variant": "rtx-9999"}, "default_variant"),
         ({"dla": 3}, "unknown profile fields"),
+        ({"upgrade_precisions": {"text-generation": ["nvfp4"]}}, "is not in precisions.text-generation"),
+        ({"upgrade_precisions": {"text-generation": ["fp8"]}}, "is the default itself"),
+        ({"accuracy_budget": {"text-generation": 1.0}}, "must be a budget like"),
     ],
 )
 def test_bad_profiles_are_refused(tmp_path: Path, changes: dict, match: str) -> None:
@@ -219,3 +222,29 @@ def test_every_compute_dtype_a_profile_takes_the_quantizer_takes(tmp_path: Path)
         profile = get_profile("dtype-gpu", search_path=[tmp_path])
         for scheme in scheme_names():
             assert get_config(scheme, compute_dtype=profile.compute_dtype).compute_dtype == dtype
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"accuracy_budget": {"text-generation": "ppl*2"}}, "accuracy_budget.text-generation: cannot parse"),
+    ({"accuracy_budget": {"text-generation": "cosine>=0.99"}}, "does not apply to text-generation"),
+    ({"upgrade_precisions": {"text-generation": ["int4-awq"]}}, "rewrites FP weights"),
+])
+def test_budgets_and_rungs_are_checked_where_the_converters_load_a_profile(tmp_path: Path, changes: dict, match: str) -> None:
+    from edgeq.converters.build_checks import check_profile
+
+    _write(tmp_path, "budget-target", **changes)
+    profile = get_profile("budget-target", search_path=[tmp_path])  # the form is fine: the targets layer takes it
+    with pytest.raises(ConfigError, match=match):
+        check_profile(profile)
+
+
+def test_every_builtin_target_states_a_budget_inside_the_outer_bound() -> None:
+    from edgeq.converters.build_checks import checked_profiles, profile_budget
+
+    for p in checked_profiles():
+        if p.name not in BUILTINS:
+            continue
+        for task in p.precisions:
+            assert task in p.accuracy_budget, (p.name, task)
+            b = profile_budget(p, task)
+            assert b is not None and (b.value <= 2.0 if b.metric == "ppl" else b.value >= 0.99), (p.name, task, str(b))

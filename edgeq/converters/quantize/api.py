@@ -14,20 +14,21 @@ from typing import Any
 
 from edgeq._fs import atomic_output_dir, check_parent_writable
 from edgeq.converters.moe import calibrating_experts
-from edgeq.converters.quantize.budget import AccuracyBudget, apply_budget
+from edgeq.converters.quantize.budget import AccuracyBudget
 from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
 from edgeq.converters.quantize.config import QuantConfig, get_config
 from edgeq.converters.quantize.int4 import check_int4_fits
 from edgeq.converters.quantize.numerics import LinearPlan
 from edgeq.converters.quantize.registry import QuantContext, handler_for
-from edgeq.converters.quantize.sensitivity import layer_sensitivity, write_sensitivity
+from edgeq.converters.quantize.sensitivity import write_sensitivity
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel, load_model
-from edgeq.errors import ConfigError, OutputExistsError, QuantizationError, ValidationError
+from edgeq.errors import AccuracyBudgetError, ConfigError, OutputExistsError, QuantizationError, ValidationError
 
 QUANT_CONFIG = "quant_config.json"
 QUANT_REPORT = "quantize_report.json"
-_BITS = {"int4": 4, "int8": 8, "fp8": 8, "nvfp4": 4}
 _SENS_SEQS = 2  # calibration sequences used per sensitivity measurement
+_BUDGET_RETRIES = 3  # longer move prefixes tried when the emitted graph misses a budget its simulation met
+BUDGET_REPORT_SUFFIX = ".budget-report"
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,6 @@ def _validate_simulated(loaded: LoadedModel, plans: dict[str, LinearPlan], holdo
             "passed": bool(got["mean_cosine"] >= cfg.min_cosine)}
 
 
-def _size_cost(plans: dict[str, LinearPlan], names: list[str]) -> int:
-    """Extra bytes of keeping ``names`` in FP16 instead of their quantized form."""
-    return int(sum(plans[n].q.numel() * (16 - _BITS[plans[n].kind]) / 8 for n in names))
-
-
 def quantize(
     model: str | Path | LoadedModel,
     config: QuantConfig | str,
@@ -108,6 +104,8 @@ def quantize(
     *,
     calib_text: str | None = None,
     accuracy_budget: str | AccuracyBudget | None = None,
+    upgrade: tuple[str | QuantConfig, ...] = (),
+    max_extra_bytes: int | None = None,
     report_dir: str | Path | None = None,
     overwrite: bool = False,
     plan_hook: Callable[[QuantContext, dict[str, LinearPlan]], dict[str, LinearPlan]] | None = None,
@@ -120,8 +118,13 @@ def quantize(
         config: a QuantConfig (see ``get_config``) or a scheme name with default options.
         out_dir: directory to create; appears only when everything succeeded.
         calib_text: calibration text (default: the shipped calibration.txt; never the eval text).
-        accuracy_budget: e.g. ``ppl+1%`` or ``cosine>=0.995``: keep the most sensitive layers in FP16
-            until it holds on held-out calibration text.
+        accuracy_budget: e.g. ``ppl+1%`` or ``cosine>=0.995``: raise the most sensitive layer groups up the
+            ladder (``upgrade``, then unquantized) until it holds on held-out calibration text, in the torch
+            simulation and then in the emitted graph (``mixed.py``). AccuracyBudgetError when no mix meets it;
+            the culprit table is then written to ``report_dir`` (default: ``<out_dir>.budget-report``).
+        upgrade: schemes between ``config`` and unquantized, cheapest first (e.g. ``("int8-wo",)`` above INT4);
+            weight-only schemes, which quantize the same (folded) weights.
+        max_extra_bytes: the most weight bytes the budget may add (the target's free memory).
         report_dir: also write the per-layer sensitivity table (JSON + PNG) there.
         overwrite: replace an existing ``out_dir`` once the new one is complete.
         plan_hook: called with the context and the scheme's plans before anything uses them; returns the plans
@@ -159,22 +162,33 @@ def quantize(
         plans = plan_hook(ctx, plans)
     quant_s, quant_cpu = time.time() - t_q, _cpu_s() - c_q
 
-    sens_rows: list[dict[str, Any]] | None = None
-    sens_files: dict[str, str] | None = None
-    budget_info: dict[str, Any] | None = None
-    if plans and (budget is not None or report_dir is not None):
+    fit = None
+    if plans and budget is not None:
         assert calib is not None
-        sens_rows = layer_sensitivity(loaded, plans, calib.calib[:_SENS_SEQS])
-        if report_dir is not None:
-            sens_files = write_sensitivity(sens_rows, Path(report_dir), f"{loaded.name} {cfg.scheme}")
-    if budget is not None and plans:
-        assert calib is not None and sens_rows is not None
-        budget_info = apply_budget(loaded, plans, [r["layer"] for r in sens_rows], budget, calib.holdout)
-        budget_info["budget"] = budget.to_dict()
-        budget_info["size_cost_bytes"] = _size_cost(plans, budget_info["kept"])
-        for name in budget_info["kept"]:
-            kept[name] = f"accuracy budget {budget}"
-            del plans[name]
+        from edgeq.converters.quantize.mixed import fit_budget
+
+        try:
+            fit = fit_budget(ctx, plans, budget, upgrade=tuple(upgrade), max_extra_bytes=max_extra_bytes,
+                             score_ids=calib.calib[:_SENS_SEQS])
+        except AccuracyBudgetError as exc:
+            where = Path(report_dir) if report_dir is not None else out_dir.with_name(out_dir.name + BUDGET_REPORT_SUFFIX)
+            if exc.culprits:
+                write_sensitivity(exc.culprits, where, f"{loaded.name} {cfg.scheme}: budget {budget} missed")
+                exc.hint = f"{exc.hint}; per-layer culprits: {where}/sensitivity.json and .png"
+            raise
+        sens_rows: list[dict[str, Any]] | None = fit.rows()
+    elif plans and report_dir is not None:
+        assert calib is not None
+        from edgeq.converters.quantize.mixed import sensitivity_rows
+
+        sens_rows = sensitivity_rows(loaded, cfg.scheme, plans, calib.calib[:_SENS_SEQS])
+    else:
+        sens_rows = None
+    sens_files = (write_sensitivity(sens_rows, Path(report_dir), f"{loaded.name} {cfg.scheme}")
+                  if sens_rows is not None and report_dir is not None else None)
+    base_plans = plans
+    if fit is not None and budget is not None:
+        plans = fit.search.plans(fit.k)
 
     from edgeq.converters.export import export_onnx, save_side_files
     from edgeq.converters.quantize.qdq import emit_qdq
@@ -182,15 +196,28 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix=".edgeq-quant-", dir=out_dir.absolute().parent) as work:
         ref = export_onnx(loaded, Path(work) / "fp").onnx_path  # the folded graph is FP-equivalent
         with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-            emitted = emit_qdq(ref, plans, tmp / "model.onnx", compute_dtype=cfg.compute_dtype)
-            if emitted["unmatched"]:
-                raise QuantizationError(f"no ONNX MatMul found for {emitted['unmatched'][:5]} "
-                                        f"({len(emitted['unmatched'])} layers)")
+            def emit(plans: dict[str, LinearPlan]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                emitted = emit_qdq(ref, plans, tmp / "model.onnx", compute_dtype=cfg.compute_dtype)
+                if emitted["unmatched"]:
+                    raise QuantizationError(f"no ONNX MatMul found for {emitted['unmatched'][:5]} "
+                                            f"({len(emitted['unmatched'])} layers)")
+                validation = None
+                if (cfg.validate or budget is not None) and calib is not None:
+                    validation = (_validate_onnx(loaded, tmp / "model.onnx", ref, calib.holdout, cfg)
+                                  if handler.runs_on_onnxruntime_cpu else _validate_simulated(loaded, plans, calib.holdout, cfg))
+                return emitted, validation
+
+            t_g = time.time()
+            emitted, validation = emit(plans)
+            budget_info = None
+            if budget is not None:
+                budget_info, plans, emitted, validation = _fit_graph(fit, budget, emit, plans, emitted, validation,
+                                                                     handler.runs_on_onnxruntime_cpu)
+                budget_info.setdefault("seconds", {})["graph_checks"] = round(time.time() - t_g, 2)
+                for name in base_plans:
+                    if name not in plans:
+                        kept[name] = f"accuracy budget {budget}"
             save_side_files(loaded, tmp)
-            validation = None
-            if cfg.validate and calib is not None:
-                validation = (_validate_onnx(loaded, tmp / "model.onnx", ref, calib.holdout, cfg)
-                              if handler.runs_on_onnxruntime_cpu else _validate_simulated(loaded, plans, calib.holdout, cfg))
             report = {
                 "model": loaded.name, "task": loaded.task, "scheme": cfg.scheme, "config": cfg.to_dict(),
                 "compute_dtype": cfg.compute_dtype,
@@ -212,13 +239,50 @@ def quantize(
             }
             (tmp / QUANT_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             (tmp / QUANT_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
-            if validation is not None and not validation["passed"]:
+            if budget_info is not None and budget_info["met_in_graph"] is False:
+                raise AccuracyBudgetError(
+                    f"accuracy budget {budget} met in simulation but not by the emitted graph: "
+                    f"{budget.metric} {budget_info['graph_measured']:.4g}, limit {budget_info['graph_limit']:.4g}",
+                    hint="the graph's compute dtype costs more than the budget's reserve; loosen the budget")
+            if cfg.validate and validation is not None and not validation["passed"]:
                 raise ValidationError(
                     f"{cfg.scheme} output disagrees with the FP reference beyond its tolerance: "
                     + json.dumps({k: validation.get(k) for k in ("mean_kl", "mean_cosine", "limit") if k in validation}),
                     hint="keep sensitive layers in FP16 (--accuracy-budget / keep_fp16) or pick a wider scheme")
     return QuantizeResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", report=report, config=cfg,
                           plans=plans, loaded=loaded)
+
+
+def _fit_graph(fit: Any, budget: AccuracyBudget, emit: Callable[..., Any], plans: dict[str, LinearPlan],
+               emitted: dict[str, Any], validation: dict[str, Any] | None, in_ort: bool) -> tuple[Any, ...]:
+    """Check the fit on the emitted graph; a miss takes longer move prefixes (``next_k``). Returns (record, plans,
+    emission, validation) of the graph left in place."""
+    info = _graph_budget(fit, budget, validation, in_ort)
+    attempts = 1
+    while fit is not None and info["met_in_graph"] is False and attempts <= _BUDGET_RETRIES:
+        nxt = fit.search.next_k(fit.k)
+        if nxt is None:
+            break
+        fit.k = nxt
+        plans = fit.search.plans(fit.k)
+        emitted, validation = emit(plans)
+        info, attempts = _graph_budget(fit, budget, validation, in_ort), attempts + 1
+    info["graph_attempts"] = attempts
+    return info, plans, emitted, validation
+
+
+def _graph_budget(fit: Any, budget: AccuracyBudget, validation: dict[str, Any] | None, in_ort: bool) -> dict[str, Any]:
+    """The fit's record plus the budget checked on the emitted graph (ONNX Runtime, or the torch simulation
+    for a graph ORT CPU cannot run): ``met_in_graph`` None when there was no held-out check."""
+    info = fit.summary() if fit is not None else {"budget": budget.to_dict(), "metric": budget.metric, "moves": 0,
+                                                  "raised": {}, "kept": [], "note": "nothing is quantized"}
+    got = budget.metric_of(validation) if validation is not None else None
+    if got is None:
+        return {**info, "met_in_graph": None, "graph_check": "none"}
+    measured, base = got
+    return {**info, "graph_measured": measured, "graph_reference": base, "graph_limit": budget.limit(base),
+            "met_in_graph": budget.met(measured, base),
+            "graph_check": "onnxruntime cpu" if in_ort else "torch simulation of the graph"}
 
 
 def _act_summary(plans: dict[str, LinearPlan]) -> dict[str, Any]:

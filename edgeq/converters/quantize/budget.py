@@ -1,19 +1,16 @@
-"""Accuracy budgets (``ppl+1%``, ``ppl+0.5``, ``kl<=0.02``, ``cosine>=0.995``, ``top1>=0.9``) and the greedy
-search that keeps the most sensitive layers in FP16 until the budget holds on held-out calibration text."""
+"""Accuracy budgets: ``ppl+1%``, ``ppl+0.5``, ``ppl<=20``, ``kl<=0.02``, ``top1>=0.9``, ``cosine>=0.995``.
+
+Torch-free (target profiles and the CLI parse budgets without loading torch); the search that meets one is
+``mixed.py``."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from edgeq.converters.quantize.numerics import LinearPlan
-from edgeq.converters.quantize.simulate import divergence, forward_outputs, nll, simulated
-from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
-from edgeq.errors import AccuracyBudgetError, ConfigError
+from edgeq.errors import ConfigError
+from edgeq.sdk.bundle.model_info import TEXT_GENERATION
 
 _LM_METRICS = ("ppl", "kl", "top1")
 _ENC_METRICS = ("cosine",)
@@ -44,68 +41,51 @@ class AccuracyBudget:
         metric, op, value, pct = m.groups()
         return cls(metric, op, float(value), pct == "%")
 
+    def applies_to(self, task: str) -> bool:
+        return self.metric in (_LM_METRICS if task == TEXT_GENERATION else _ENC_METRICS)
+
     def check_task(self, task: str) -> None:
         ok = _LM_METRICS if task == TEXT_GENERATION else _ENC_METRICS
         if self.metric not in ok:
             raise ConfigError(f"budget metric {self.metric!r} does not apply to {task}; use one of {ok}")
 
-    def met(self, measured: float, baseline: float) -> bool:
+    def limit(self, baseline: float) -> float:
+        """The value the measured metric may reach: ``ppl+X%`` is relative to the reference's ``baseline``."""
         if self.op == "+":
-            limit = baseline * (1 + self.value / 100) if self.percent else baseline + self.value
-            return measured <= limit
-        return measured <= self.value if self.op == "<=" else measured >= self.value
+            return baseline * (1 + self.value / 100) if self.percent else baseline + self.value
+        return self.value
+
+    def reference(self, baseline: float) -> float:
+        """What the unquantized model itself scores: ppl ``baseline``, KL 0, top-1 and cosine 1."""
+        return {"ppl": baseline, "kl": 0.0}.get(self.metric, 1.0)
+
+    def excess(self, measured: float, baseline: float) -> float:
+        """How far ``measured`` is from the reference, in the direction the budget bounds (>= 0 is worse)."""
+        ref = self.reference(baseline)
+        return ref - measured if self.op == ">=" else measured - ref
+
+    def tightened(self, baseline: float, reserve: float) -> float:
+        """The limit with ``reserve`` (a fraction) of the allowance kept back: the allowance is the distance from
+        the reference (``reference``) to ``limit``."""
+        ref = self.reference(baseline)
+        return ref + (self.limit(baseline) - ref) * (1.0 - reserve)
+
+    def met(self, measured: float, baseline: float) -> bool:
+        return measured >= self.limit(baseline) if self.op == ">=" else measured <= self.limit(baseline)
+
+    def metric_of(self, comparison: dict[str, Any]) -> tuple[float, float] | None:
+        """(measured, baseline) of this budget's metric in a ``compare_lm``/``compare_embeddings`` record
+        (the quantizer's held-out check), or None when the record lacks it."""
+        keys = {"ppl": ("ppl_candidate", "ppl_reference"), "kl": ("mean_kl", None),
+                "top1": ("top1_agreement", None), "cosine": ("mean_cosine", None)}[self.metric]
+        got = comparison.get(keys[0])
+        if not isinstance(got, (int, float)):
+            return None
+        base = comparison.get(keys[1]) if keys[1] else {"kl": 0.0, "top1": 1.0, "cosine": 1.0}[self.metric]
+        return float(got), float(base) if isinstance(base, (int, float)) else float("nan")
 
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.value:g}{'%' if self.percent else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "text": str(self)}
-
-
-def measure(loaded: LoadedModel, ref: torch.Tensor, ids: torch.Tensor, metric: str) -> float:
-    out = forward_outputs(loaded, ids)
-    if metric == "ppl":
-        return math.exp(nll(out, ids))
-    if metric == "kl":
-        return divergence(loaded, ref, out)
-    if metric == "top1":
-        return float((out.argmax(-1) == ref.argmax(-1)).float().mean())
-    return 1.0 - divergence(loaded, ref, out)  # cosine
-
-
-def apply_budget(loaded: LoadedModel, plans: dict[str, LinearPlan], order: list[str], budget: AccuracyBudget,
-                 holdout: torch.Tensor) -> dict[str, Any]:
-    """Smallest k such that keeping the k most sensitive layers (``order``) in FP16 meets ``budget``.
-
-    Bisection over k (the greedy order is fixed by sensitivity); raises AccuracyBudgetError when even
-    keeping every layer fails. Returns {"kept": [...], "measured": ..., "baseline": ..., "evaluations": [...]}.
-    """
-    budget.check_task(loaded.task)
-    ref = forward_outputs(loaded, holdout)
-    baseline = measure(loaded, ref, holdout, budget.metric)
-    evals: list[dict[str, Any]] = []
-
-    def value(k: int) -> float:
-        active = {n: p for n, p in plans.items() if n not in set(order[:k])}
-        with simulated(loaded.model, active):
-            v = measure(loaded, ref, holdout, budget.metric)
-        evals.append({"kept": k, budget.metric: v})
-        return v
-
-    v0 = value(0)
-    if budget.met(v0, baseline):
-        return {"kept": [], "measured": v0, "baseline": baseline, "evaluations": evals}
-    v_all = value(len(order))
-    if not budget.met(v_all, baseline):
-        raise AccuracyBudgetError(
-            f"accuracy budget {budget} not met even with all {len(order)} layers in FP16 "
-            f"({budget.metric} {v_all:.4g}, baseline {baseline:.4g})", hint="loosen the budget")
-    lo, hi, best = 0, len(order), v_all
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        v = value(mid)
-        if budget.met(v, baseline):
-            hi, best = mid, v
-        else:
-            lo = mid
-    return {"kept": order[:hi], "measured": best, "baseline": baseline, "evaluations": evals}

@@ -33,7 +33,9 @@ class QuantConfig:
             runs fastest and what its int4 MatMulNBits fusion takes; ``float16`` is for GPU engines.
         calib_tokens: calibration tokens used for statistics (bounds memory: one block's activations).
         calib_seq_len: tokens per calibration sequence (capped by the model's max positions).
-        holdout_tokens: tokens at the end of the calibration text held out for budget/validation checks.
+        holdout_tokens: tokens at the end of the calibration text held out for budget/validation checks (2048:
+            a perplexity on 1024 tokens moves by ~0.5-1% between graphs whose KL differs by 2%, which is a whole
+            accuracy budget).
         validate: compare the quantized ONNX with the FP reference on held-out text and fail past ``max_kl``
             (LMs) or below ``min_cosine`` (encoders).
     """
@@ -48,7 +50,7 @@ class QuantConfig:
     compute_dtype: str = "float32"
     calib_tokens: int = 4096
     calib_seq_len: int = 512
-    holdout_tokens: int = 1024
+    holdout_tokens: int = 2048
     validate: bool = True
     max_kl: float = 0.5
     min_cosine: float = 0.95
@@ -114,7 +116,10 @@ class _ActCalib(QuantConfig):
 
 @dataclass(frozen=True)
 class Fp8Config(_ActCalib):
-    """FP8 E4M3 W8A8: per-output-channel weight scales, per-tensor static activation scales."""
+    """FP8 E4M3 W8A8: per-output-channel weight scales, per-tensor static activation scales. ``act_calib``: the max
+    (default), or ``mse``, the clipped range with the least output error of the linears reading each input
+    (SmolLM2, FP16 graph, held-out calibration text: mean KL 0.0377 against 0.0396 with the max, for 30 s more
+    calibration on 2 cores; ``percentile`` at 99.99 breaks it, KL 1.64: E4M3's outliers carry the signal)."""
 
     max_kl: float = 0.1
     min_cosine: float = 0.99

@@ -89,7 +89,10 @@ def fake_quant_act(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
 
 
 def act_amax(x: torch.Tensor, method: str, percentile: float) -> float:
-    """Calibrated per-tensor range of ``x``: its max |x| or the given percentile of |x|."""
+    """Calibrated per-tensor range of ``x``: its max |x| or the given percentile of |x| (``mse`` needs the
+    weights: ``mse_act_amax``)."""
+    if method == "mse":
+        raise ValueError("the mse range needs the linears reading x: call mse_act_amax")
     a = x.detach().abs().flatten().float()
     if method == "max" or percentile >= 100.0:
         return float(a.max())
@@ -98,6 +101,23 @@ def act_amax(x: torch.Tensor, method: str, percentile: float) -> float:
 
 
 ACT_QMAX = {"int8": float(INT8_MAX), "fp8": FP8_MAX}
+
+
+def mse_act_amax(x: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], kind: str = "int8", steps: int = 16) -> float:
+    """Clipped activation range (max * r, r from 1 down to 0.25) minimising the summed relative output MSE of
+    every linear reading ``x`` (``pairs``: (FP weight, dequantized weight); one scale per tensor: q/k/v share
+    theirs), with ``x`` quantized as ``kind`` (``int8`` or ``fp8``)."""
+    refs = [x @ w.T for w, _ in pairs]
+    norms = [float(r.pow(2).mean()) or 1.0 for r in refs]
+    top = float(x.abs().max())
+    best = (float("inf"), top)
+    for i in range(steps):
+        amax = top * (1.0 - 0.75 * i / steps)
+        xq = fake_quant_act(x, max(amax, 1e-8) / ACT_QMAX[kind], kind)
+        err = sum(float((xq @ w_dq.T - r).pow(2).mean()) / n for (_, w_dq), r, n in zip(pairs, refs, norms))
+        if err < best[0]:
+            best = (err, amax)
+    return max(best[1], 1e-8)
 
 
 @dataclass

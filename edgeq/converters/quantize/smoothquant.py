@@ -13,26 +13,10 @@ import torch
 
 from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, sample_rows, scale_predecessor
 from edgeq.converters.quantize.config import Int8SmoothQuantConfig
-from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fake_quant_act, int8_channel_quant
+from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fake_quant_act, int8_channel_quant, mse_act_amax
 from edgeq.converters.quantize.registry import QuantContext
 
 _SEARCH_ROWS = 1024
-
-
-def mse_act_amax(x: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], steps: int = 16) -> float:
-    """Clipped activation range (max * r, r from 1 down to 0.25) minimising the summed relative output
-    MSE of every linear reading ``x`` (one scale per tensor: q/k/v share theirs)."""
-    refs = [x @ w.T for w, _ in pairs]
-    norms = [float(r.pow(2).mean()) or 1.0 for r in refs]
-    top = float(x.abs().max())
-    best = (float("inf"), top)
-    for i in range(steps):
-        amax = top * (1.0 - 0.75 * i / steps)
-        xq = fake_quant_act(x, max(amax, 1e-8) / ACT_QMAX["int8"], "int8")
-        err = sum(float((xq @ w_dq.T - r).pow(2).mean()) / n for (_, w_dq), r, n in zip(pairs, refs, norms))
-        if err < best[0]:
-            best = (err, amax)
-    return max(best[1], 1e-8)
 
 
 def _group_error(x: torch.Tensor, ws: list[torch.Tensor], refs: list[torch.Tensor], s: torch.Tensor, method: str,

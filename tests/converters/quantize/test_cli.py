@@ -29,3 +29,17 @@ def test_cli_errors(tmp_path, capsys) -> None:
 def test_sensitivity_cli(tmp_path, capsys) -> None:
     assert main(["sensitivity", "--model", "tiny-llama", "--scheme", "int8", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "sensitivity.json").is_file()
+
+
+def test_quantize_cli_budget_with_a_rung(tmp_path, capsys) -> None:
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", "tiny-llama", "--scheme", "int4-rtn", "--block-size", "32", "--out", str(out),
+               "--accuracy-budget", "kl<=0.004", "--upgrade", "int8-wo"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    b = json.loads((out / "quantize_report.json").read_text())["accuracy_budget"]
+    assert b["ladder"] == ["int4-rtn", "int8-wo", "fp32"] and b["met_in_graph"] is True and b["raised"]
+    assert "accuracy budget kl<=0.004: kl " in " ".join(text.split())
+    assert main(["quantize", "--model", "tiny-llama", "--scheme", "int4-rtn", "--out", str(tmp_path / "x"),
+                 "--upgrade", "int8-wo"]) == 2
+    assert "--upgrade needs --accuracy-budget" in capsys.readouterr().err and not (tmp_path / "x").exists()

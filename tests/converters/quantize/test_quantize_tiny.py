@@ -124,3 +124,38 @@ def test_evaluate_api(outputs) -> None:
 def test_accepts_exported_dir(tiny_llama_onnx, tmp_path) -> None:
     res = quantize(tiny_llama_onnx, "int8-wo", tmp_path / "from-dir")
     assert res.report["model"] == "tiny-llama" and res.report["validation"]["passed"]
+
+
+def test_fp8_mse_range_is_searched_per_input_and_beats_max(tiny_llama) -> None:
+    """``act_calib="mse"`` searches one clipped range per input tensor against the linears' output error: it is
+    no wider than the max, shared by the linears reading one tensor, and its output error is no larger."""
+    import torch
+
+    from edgeq.converters.quantize import get_config
+    from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
+    from edgeq.converters.quantize.fp8 import _fp8_dq, calibrated_act_amax
+    from edgeq.converters.quantize.numerics import act_amax, fake_quant_act
+    from edgeq.converters.quantize.registry import QuantContext
+
+    linears, _ = quantizable_linears(tiny_llama, (), False)
+    calib = make_calib_data(tiny_llama, None, tokens=512, seq_len=128, holdout=128)
+    amax = {m: calibrated_act_amax(QuantContext(tiny_llama, get_config("fp8", act_calib=m), linears, calib), _fp8_dq)
+            for m in ("max", "mse")}
+    assert all(amax["mse"][n] <= amax["max"][n] * (1 + 1e-6) for n in linears)
+    assert any(amax["mse"][n] < amax["max"][n] * 0.999 for n in linears), "the search never clipped: it did nothing"
+    p = "model.layers.0.self_attn."
+    assert amax["mse"][p + "q_proj"] == amax["mse"][p + "k_proj"] == amax["mse"][p + "v_proj"]
+    with pytest.raises(ValueError, match="mse_act_amax"):
+        act_amax(torch.ones(4), "mse", 99.9)
+    # on the calibration inputs of the first block's q/k/v the searched range has no more output error than the max
+    from edgeq.converters.quantize.calibrate import iterate_blocks
+
+    _, _, _, collect, _ = next(iterate_blocks(tiny_llama, calib.calib))
+    x = collect()[p + "q_proj"].float()
+    ws = [linears[p + f"{c}_proj"].weight.detach().float() for c in "qkv"]
+
+    def err(m: str) -> float:  # what the search minimises (on a sample of rows): the summed relative output MSE
+        xq = fake_quant_act(x, amax[m][p + "q_proj"] / 448.0, "fp8")
+        return sum(float((xq @ _fp8_dq(w).T - x @ w.T).pow(2).mean() / (x @ w.T).pow(2).mean()) for w in ws)
+
+    assert err("mse") <= err("max") * 1.02, (err("mse"), err("max"))
