@@ -10,9 +10,13 @@ a GPU kernel package, so those checks cannot run on the CPU host. Two steps:
 
 ``check`` decodes the recorded prompts greedily with each checkpoint and compares the ids with the ids edgeq's
 QDQ ONNX of the same weights decoded on the CPU host (``edgeq_greedy.json``), reporting per prompt the match
-and the first differing step. The fine-grained FP8 kernels quantize activations per 128-channel token group
-(W8A8) and compute in BF16/FP16 while the ONNX record is weight-only FP32, so a late divergence there is
-activation rounding, not weights; an early one (step 0-2) on SmolLM2 would be a weights problem.
+and the first differing step, twice: through transformers' own FP8Linear forward, and through the weights that
+loader put on the GPU, dequantized (codes x block scales) into FP32 linears. The fine-grained FP8 kernels
+quantize activations per 128-channel token group (W8A8) and compute in BF16 while the ONNX record is weight-only
+FP32, so a late divergence in the first is activation rounding; the second is the same arithmetic as the record,
+and must match exactly. transformers' activation quantizer asserts that the input width is a multiple of the
+block (128); SmolLM2's 576 is not, so its FP8Linear forward cannot run, while its loaded weights still can be
+checked.
 """
 
 from __future__ import annotations
@@ -66,6 +70,42 @@ def _greedy(model, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
+def _dequantized_fp32(model):
+    """The loaded model with every FP8Linear replaced by an FP32 nn.Linear holding codes x block scales."""
+    import torch
+
+    for name, mod in list(model.named_modules()):
+        if type(mod).__name__ != "FP8Linear":
+            continue
+        w = mod.weight.float()
+        b0, b1 = mod.block_size
+        s = mod.weight_scale_inv.float()
+        full = s.repeat_interleave(b0, 0)[: w.shape[0]].repeat_interleave(b1, 1)[:, : w.shape[1]]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=mod.bias is not None, device=w.device, dtype=torch.float32)
+        with torch.no_grad():
+            lin.weight.copy_(w * full)
+            if mod.bias is not None:
+                lin.bias.copy_(mod.bias.float())
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, lin)
+    # ``model.float()`` is refused on a quantized model: cast what is left (embeddings, norms) tensor by tensor
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point() and t.dtype != torch.float32:
+                t.data = t.data.float()
+    model.config.torch_dtype = torch.float32
+    return model
+
+
+def _compare(model, record) -> list[dict]:
+    rows = []
+    for row in record["prompts"]:
+        got = _greedy(model, row["prompt_ids"], record["new_tokens"])
+        first = next((i for i, (a, b) in enumerate(zip(got, row["greedy_ids"])) if a != b), None)
+        rows.append({"text": row["text"], "match": first is None, "first_difference": first})
+    return rows
+
+
 def check(payload: Path) -> int:
     import torch
     import transformers
@@ -80,15 +120,16 @@ def check(payload: Path) -> int:
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, device_map="cuda")
             entry["linear_class"] = type(model.get_submodule("model.layers.0.mlp.down_proj")).__name__
-            rows = []
-            for row in record["prompts"]:
-                got = _greedy(model, row["prompt_ids"], record["new_tokens"])
-                first = next((i for i, (a, b) in enumerate(zip(got, row["greedy_ids"])) if a != b), None)
-                rows.append({"text": row["text"], "match": first is None, "first_difference": first})
-            entry["prompts"] = rows
-            entry["all_match"] = all(r["match"] for r in rows)
-            failed += not entry["all_match"]
-            del model
+            try:
+                entry["prompts"] = _compare(model, record)
+                entry["all_match"] = all(r["match"] for r in entry["prompts"])
+            except Exception as exc:  # the loader's kernel refusing the model is a result, not a crash
+                entry["forward_error"] = f"{type(exc).__name__}: {exc}"
+            dq = _dequantized_fp32(model)
+            entry["loaded_weights_fp32"] = _compare(dq, record)
+            entry["loaded_weights_match"] = all(r["match"] for r in entry["loaded_weights_fp32"])
+            failed += not entry["loaded_weights_match"]
+            del model, dq
             torch.cuda.empty_cache()
         except Exception as exc:  # a loader that cannot load is the result to report, not a crash
             entry["error"] = f"{type(exc).__name__}: {exc}"

@@ -232,12 +232,9 @@ class BudgetSearch:
         by_rung: dict[str, int] = {}
         for n, r in at.items():
             by_rung[self.rungs[r].label] = by_rung.get(self.rungs[r].label, 0) + numel[n]
-        raised = {}
         base = self.rungs[0].label
-        for n, r in sorted(at.items()):
-            if r:
-                raised[n] = {"precision": self.rungs[r].label,
-                             "score": round(scores[base][n], 6)} if base in scores else {"precision": self.rungs[r].label}
+        raised = {n: {"precision": self.rungs[r].label, "score": round(scores[base][n], 6)}
+                  for n, r in sorted(at.items()) if r}
         return {
             "budget": self.budget.to_dict(), "metric": self.budget.metric, "baseline": self.baseline,
             "limit": self.budget.limit(self.baseline), "searched_to": self.aim, "reserve": self.reserve,
