@@ -27,7 +27,8 @@ def _edgeq_facts(family: str) -> dict:
     blocks = sorted({v.get("block_size") for v in r.get("layers", {}).values() if isinstance(v, dict) and v.get("block_size")})
     budget = r.get("accuracy_budget") or {}
     return {"edgeq_kept_fp16": sorted(r.get("kept_fp16", {})), "edgeq_block_sizes": blocks,
-            "edgeq_budget": {k: budget.get(k) for k in ("budget", "kept", "size_cost_bytes", "met") if k in budget},
+            "edgeq_budget": {k: budget.get(k) for k in ("budget", "kept", "weight_fraction", "effective_bits", "weight_bytes",
+                                                       "met_in_graph") if k in budget},
             "edgeq_time_s": r.get("time_s"), "edgeq_peak_rss_mb": r.get("peak_rss_mb")}
 
 

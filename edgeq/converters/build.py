@@ -230,6 +230,8 @@ def _execute(
         accuracy_budget=build_info["accuracy_budget"],
         memory=memory, stage_seconds=dict(stages.seconds), shape_notes=planned.notes, signed=sign_key is not None,
         manifest=manifest, weights_note=prequant.note if prequant is not None else "",
+        budget_note="not applied: the checkpoint's published weights are kept as they are, and they are the reference"
+        if prequant is not None and prequant.keep else "",
     )
 
 

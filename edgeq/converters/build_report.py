@@ -67,6 +67,10 @@ class BuildResult:
     manifest: Any = field(default=None, repr=False)
     weights_note: str = ""  # a pre-quantized checkpoint: its weights kept exactly, or re-quantized and why
     accuracy_budget: dict[str, Any] | None = None  # the quantizer's budget record (None: no budget applied)
+    budget_note: str = ""  # why no budget was applied, when that was not the caller's choice
+
+    def _no_budget(self) -> str:
+        return self.budget_note or "none (--accuracy-budget none)"
 
     @property
     def total_seconds(self) -> float:
@@ -85,7 +89,7 @@ class BuildResult:
             ("ONNX size", f"{self.onnx_bytes / MIB:.1f} MiB ({ratio(self.onnx_bytes)})"),
             ("engine size", f"{self.engine_bytes / MIB:.1f} MiB ({ratio(self.engine_bytes)})" if self.engine_bytes else "built on the device"),
             ("accuracy vs reference", _accuracy_text(self.accuracy, self.accuracy_budget)),
-            ("accuracy budget", budget_text(self.accuracy_budget) if self.accuracy_budget else "none (--accuracy-budget none)"),
+            ("accuracy budget", budget_text(self.accuracy_budget) if self.accuracy_budget else self._no_budget()),
         ]
         if self.engine_build:
             rows.append(("engine build time", f"{self.engine_build['seconds']:.1f} s"))

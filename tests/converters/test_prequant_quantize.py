@@ -104,8 +104,11 @@ def test_build_keeps_or_requantizes(checkpoints, tmp_path: Path, fmt: str, targe
     assert info["keep"] is keep and info["precision"] == precision
     if keep:
         assert "kept the checkpoint's" in res.weights_note and res.manifest.quant_config["scheme"] == "prequantized"
+        # the published weights are the reference: no budget, and the summary says why rather than "none"
+        assert res.manifest.build["accuracy_budget"] is None and rows["accuracy budget"].startswith("not applied")
     else:
         assert "sm87 has no FP8" in res.weights_note and "re-quantized to int4-awq" in res.weights_note
         assert res.manifest.quant_config["scheme"] == "int4-awq"
+        assert res.manifest.build["accuracy_budget"]["budget"]["text"] == "ppl+1.5%"  # re-quantized: jetson-orin's
     if target == "rtx-ada":
         assert res.engine_mode == "built"  # TensorRT-RTX took the blocked FP8 DequantizeLinear (sm89, built here)

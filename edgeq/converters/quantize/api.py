@@ -240,9 +240,10 @@ def quantize(
             (tmp / QUANT_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             (tmp / QUANT_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
             if budget_info is not None and budget_info["met_in_graph"] is False:
+                what = "met in simulation but not by the emitted graph" if fit is not None else "not met by the graph"
                 raise AccuracyBudgetError(
-                    f"accuracy budget {budget} met in simulation but not by the emitted graph: "
-                    f"{budget.metric} {budget_info['graph_measured']:.4g}, limit {budget_info['graph_limit']:.4g}",
+                    f"accuracy budget {budget} {what}: {budget.metric} {budget_info['graph_measured']:.4g}, "
+                    f"limit {budget_info['graph_limit']:.4g}",
                     hint="the graph's compute dtype costs more than the budget's reserve; loosen the budget")
             if cfg.validate and validation is not None and not validation["passed"]:
                 raise ValidationError(

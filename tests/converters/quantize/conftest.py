@@ -36,7 +36,9 @@ def quantized_tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
     def get(model: str, scheme: str) -> Any:
         if (model, scheme) not in cache:
-            cfg = get_config(scheme, block_size=64) if scheme.startswith("int4") else get_config(scheme)
+            # 1024 held-out tokens: these tests compare schemes on a random tiny model, not against a budget
+            opts = {"block_size": 64} if scheme.startswith("int4") else {}
+            cfg = get_config(scheme, holdout_tokens=1024, **opts)
             cache[model, scheme] = quantize(request.getfixturevalue(fixtures[model]), cfg, root / f"{model}-{scheme}")
         return cache[model, scheme]
 
