@@ -77,6 +77,10 @@ def fisher_scores(loaded: LoadedModel, levels: Mapping[str, Mapping[str, LinearP
         handles.append(mod.register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    # activation gradients only: no weight gradient is formed (time and a model-sized buffer saved)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
     try:
         for i in range(ids.shape[0]):
             seq = ids[i:i + 1]
@@ -88,7 +92,8 @@ def fisher_scores(loaded: LoadedModel, levels: Mapping[str, Mapping[str, LinearP
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
+        for p in trainable:
+            p.requires_grad_(True)
         model.train(was_training)
     n = max(1, ids.shape[0])
     scores = {lvl: {k: v / n for k, v in s.items()} for lvl, s in scores.items()}

@@ -109,3 +109,25 @@ def test_sensitivity_command_api(tiny_qwen3, tmp_path) -> None:
     assert len(rows) == 14 and all(r["metric"] == "kl" and r["score"] >= 0 for r in rows)
     assert rows == sorted(rows, key=lambda r: r["score"], reverse=True)
     assert files["png"].endswith("sensitivity.png")
+
+
+def test_fisher_pass_forms_no_weight_gradient_and_restores_the_model(tiny_llama) -> None:
+    from edgeq.converters.quantize.calibrate import make_calib_data, quantizable_linears
+    from edgeq.converters.quantize.registry import QuantContext, handler_for
+
+    cfg = get_config("int4-rtn", block_size=32)
+    linears, _ = quantizable_linears(tiny_llama, (), False)
+    calib = make_calib_data(tiny_llama, None, tokens=512, seq_len=128, holdout=128)
+    plans = handler_for(cfg).quantize(QuantContext(tiny_llama, cfg, linears, calib))
+    before = {n: p.requires_grad for n, p in tiny_llama.model.named_parameters()}
+    w = tiny_llama.model.get_submodule("model.layers.0.self_attn.q_proj").weight
+    assert w.requires_grad, "the loaded model's weights require grad: the pass must switch that off itself"
+    fired: list[int] = []
+    handle = w.register_hook(lambda g: fired.append(1))  # runs only if a weight gradient is computed
+    try:
+        scores, _ = fisher_scores(tiny_llama, {"int4-rtn": plans}, calib.calib[:1])
+    finally:
+        handle.remove()
+    assert not fired and all(p.grad is None for p in tiny_llama.model.parameters())
+    assert {n: p.requires_grad for n, p in tiny_llama.model.named_parameters()} == before
+    assert all(v > 0 for v in scores["int4-rtn"].values())
