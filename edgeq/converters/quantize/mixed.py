@@ -70,12 +70,15 @@ def order_moves(groups: list[list[str]], rungs: list[Rung], scores: dict[str, di
                 numel: dict[str, int], max_extra_bytes: int | None = None) -> list[Move]:
     """The greedy sequence of upgrades (see the module doc), ending with every group at the top rung (or where
     ``max_extra_bytes`` stops it). ``scores[label][linear]``; the unquantized rung scores 0."""
+    # per group and rung, once: a MoE layer's group holds hundreds of linears
+    table = [[0.0 if r.plans is None else sum(scores[r.label][n] for n in grp) for r in rungs] for grp in groups]
+    weights = [sum(numel[n] for n in grp) for grp in groups]
+
     def score(g: int, r: int) -> float:
-        lbl = rungs[r].label
-        return 0.0 if rungs[r].plans is None else sum(scores[lbl][n] for n in groups[g])
+        return table[g][r]
 
     def size(g: int, r: int) -> float:
-        return sum(numel[n] for n in groups[g]) * rungs[r].bits / 8
+        return weights[g] * rungs[r].bits / 8
 
     at = [0] * len(groups)
     moves: list[Move] = []
