@@ -95,8 +95,8 @@ def build(
         check_precision(profile, precision)
     if out is not None:
         check_output(Path(out), overwrite)
-    if accuracy_budget is not None and accuracy_budget.strip().lower() != "none":
-        AccuracyBudget.parse(accuracy_budget)  # a typo fails now; whether it fits the task, once the model is known
+    if accuracy_budget is not None:
+        AccuracyBudget.parse_option(accuracy_budget)  # a typo fails now; whether it fits the task, once the model is known
     profile.memory_budget_bytes(variant)  # an unknown --variant is refused now, not after the load
     if sign_key is not None:
         from edgeq.converters.signing import load_private_key

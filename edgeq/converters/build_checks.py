@@ -56,11 +56,13 @@ def profile_budget(profile: TargetProfile, task: str, override: str | None = Non
     """The budget a build for ``task`` meets: ``override`` (``--accuracy-budget``; ``none`` turns it off), the
     profile's, or ``DEFAULT_BUDGETS``. ConfigError for one that does not parse or apply to the task."""
     text = override if override is not None else profile.accuracy_budget.get(task, DEFAULT_BUDGETS.get(task))
-    if text is None or text.strip().lower() == "none":
+    if text is None:
         return None
     where = "--accuracy-budget" if override is not None else f"target {profile.name}: accuracy_budget.{task}"
     try:
-        budget = AccuracyBudget.parse(text)
+        budget = AccuracyBudget.parse_option(text)
+        if budget is None:
+            return None
         budget.check_task(task)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc

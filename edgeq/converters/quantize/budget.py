@@ -33,6 +33,11 @@ class AccuracyBudget:
             raise ConfigError("a perplexity budget must bound it from above (ppl+X% or ppl<=X)")
 
     @classmethod
+    def parse_option(cls, text: str) -> AccuracyBudget | None:
+        """``--accuracy-budget``'s value: ``none`` (any case) turns the budget off, anything else is ``parse``d."""
+        return None if text.strip().lower() == "none" else cls.parse(text)
+
+    @classmethod
     def parse(cls, text: str) -> AccuracyBudget:
         m = _PATTERN.match(text)
         if not m:

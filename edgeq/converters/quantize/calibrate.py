@@ -277,6 +277,16 @@ def scale_predecessor(model: Any, path: str, kind: str, s: torch.Tensor) -> bool
     return True
 
 
+def group_by_input(inputs: dict[str, torch.Tensor], linears: Any) -> list[list[str]]:
+    """Names in ``linears`` grouped by the input tensor object they read in ``collect()``'s output (q/k/v share
+    one): one activation range per group, as one QDQ pair serves them."""
+    groups: dict[int, list[str]] = {}
+    for name, x in inputs.items():
+        if name in linears:
+            groups.setdefault(id(x), []).append(name)
+    return list(groups.values())
+
+
 def sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     """An evenly strided subset of at most ``n`` rows (deterministic)."""
     if x.shape[0] <= n:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgeq.converters.quantize.calibrate import iterate_blocks, sample_rows
+from edgeq.converters.quantize.calibrate import group_by_input, iterate_blocks, sample_rows
 from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fp8_channel_quant, mse_act_amax
 from edgeq.converters.quantize.registry import QuantContext
 
@@ -27,10 +27,7 @@ def calibrated_act_amax(ctx: QuantContext, weight_dq: Callable[[torch.Tensor], t
         inputs = {n: x for n, x in collect().items() if n in ctx.linears}
         if cfg.act_calib == "mse":
             assert weight_dq is not None, "an mse range needs the scheme's weight grid"
-            by_input: dict[int, list[str]] = {}
-            for name, x in inputs.items():
-                by_input.setdefault(id(x), []).append(name)
-            for names in by_input.values():
+            for names in group_by_input(inputs, ctx.linears):
                 x = inputs[names[0]].float()
                 xs = torch.cat([sample_rows(x, _MSE_ROWS), x[x.abs().amax(dim=1).argmax()][None]])  # keep the max row
                 ws = [ctx.linears[n].weight.detach().float() for n in names]

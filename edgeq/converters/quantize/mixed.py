@@ -125,7 +125,6 @@ class BudgetSearch:
     start_score: float = 0.0  # the summed score of every linear at the base rung
     probes: int = 4  # measurements the search adds to the two ends
     evaluations: list[dict[str, Any]] = field(default_factory=list)
-    capped: bool = False  # the memory cap cut the sequence before the top of the ladder
 
     def __post_init__(self) -> None:
         self._ref = forward_outputs(self.loaded, self.holdout)
@@ -133,6 +132,13 @@ class BudgetSearch:
         self.aim = self.budget.tightened(self.baseline, self.reserve)
         self._values: dict[int, float] = {}
         self._remaining: list[float] | None = None
+
+    @property
+    def capped(self) -> bool:
+        """Whether the memory cap cut the sequence before the top of the ladder: uncut, it ends with every group
+        there (``order_moves``)."""
+        top = len(self.rungs) - 1
+        return any(r != top for r in self.assignment(len(self.moves)).values())
 
     def assignment(self, k: int) -> dict[str, int]:
         """Linear -> rung index after the first ``k`` moves."""
@@ -253,8 +259,9 @@ class BudgetSearch:
 
 
 # -- from a scheme's plans to a search ----------------------------------------------------------------
-_DTYPE_LABEL = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}
-_DTYPE_BITS = {"float16": 16, "float32": 32, "bfloat16": 16}
+#: the unquantized rung per compute dtype (``edgeq.sdk.bundle.flavours.COMPUTE_DTYPES``): its label and bits
+_DTYPE_LABEL = {"float16": "fp16", "float32": "fp32"}
+_DTYPE_BITS = {"float16": 16, "float32": 32}
 
 
 @dataclass
@@ -340,8 +347,6 @@ def fit_budget(ctx: Any, plans: dict[str, LinearPlan], budget: AccuracyBudget, *
     moves = order_moves(groups, rungs, scores, numel, max_extra_bytes)
     search = BudgetSearch(ctx.loaded, rungs, groups, moves, budget, ctx.calib.holdout, reserve=reserve,
                           start_score=sum(scores[rungs[0].label].values()))
-    full = order_moves(groups, rungs, scores, numel)
-    search.capped = len(moves) < len(full)
     fit = Fit(search, 0, scores, numel, method, seconds={"scores": round(time.time() - t0, 2)})
     t1 = time.time()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from edgeq.converters.quantize.calibrate import fold_groups, iterate_blocks, predecessor_fits, sample_rows, scale_predecessor
+from edgeq.converters.quantize.calibrate import fold_groups, group_by_input, iterate_blocks, predecessor_fits, sample_rows, scale_predecessor
 from edgeq.converters.quantize.config import Int8SmoothQuantConfig
 from edgeq.converters.quantize.numerics import ACT_QMAX, LinearPlan, act_amax, fake_quant_act, int8_channel_quant, mse_act_amax
 from edgeq.converters.quantize.registry import QuantContext
@@ -78,11 +78,7 @@ def quantize_int8_sq(ctx: QuantContext) -> dict[str, LinearPlan]:
             chosen.append({"group": members, "alpha": alpha})
             for m in members:
                 plans[m] = None  # placeholder: quantized below with its smoothed input
-        by_input: dict[int, list[str]] = {}
-        for name, x in inputs.items():
-            if name in ctx.linears:
-                by_input.setdefault(id(x), []).append(name)
-        for names in by_input.values():
+        for names in group_by_input(inputs, ctx.linears):
             x = inputs[names[0]]
             wq = {n: int8_channel_quant(ctx.linears[n].weight.detach().float()) for n in names}
             if cfg.act_calib == "mse":  # all rows: the outliers that matter are rare
