@@ -43,6 +43,7 @@ def written(tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
         "awq": awq,
         "ct-fp8": quantize_to_hf(tiny, "fp8", root / "ct-fp8", hf=hf_config_for("hf")),
         "fp8-block": quantize_to_hf(tiny, "fp8-block", root / "fp8-block", hf=hf_config_for("hf-fp8")),
+        "ct-fp8-dynamic": quantize_to_hf(tiny, "fp8-dynamic", root / "ct-fp8-dynamic", hf=hf_config_for("hf")),
     }
 
 
@@ -143,9 +144,10 @@ def test_fine_grained_fp8_matches_the_fp8_block_dequantizer(written) -> None:
 
     res = written["fp8-block"]
     qc = json.loads((res.out_dir / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "fp8" and qc["weight_block_size"] == [128, 128]
+    # tiny-llama's k/v projections have 64 outputs: 128x128 blocks would split them, which vLLM's fused QKV refuses
+    assert qc["quant_method"] == "fp8" and qc["weight_block_size"] == [64, 64] and qc["activation_scheme"] == "dynamic"
     files = _files(res.out_dir)
-    ref = FP8BlockDequantizer(weight_block_size=(128, 128), dtype=torch.float32)
+    ref = FP8BlockDequantizer(weight_block_size=(64, 64), dtype=torch.float32)
     for name, plan in res.quantized.plans.items():
         q, s = files[f"{name}.weight"], files[f"{name}.weight_scale_inv"]
         assert q.dtype == torch.float8_e4m3fn and s.dtype == torch.float32
@@ -169,12 +171,34 @@ def test_fp8_block_plans_as_compressed_tensors_blocks(written, tmp_path: Path) -
     qc = QuantizationConfig.model_validate(json.loads((tmp_path / "config.json").read_text())["quantization_config"])
     files = _files(tmp_path)
     for group in qc.config_groups.values():
-        assert group.weights.strategy == "block" and group.weights.block_structure == [128, 128]
-        assert group.input_activations is None  # weight-only, as the ONNX
+        assert group.weights.strategy == "block" and group.weights.block_structure == [64, 64]
+        acts = group.input_activations  # the ONNX's activations: dynamic, per token and 64 channels
+        assert acts.dynamic is True and acts.strategy == "group" and acts.group_size == 64
     args = next(iter(qc.config_groups.values())).weights
     for name, plan in res.quantized.plans.items():
         w = dequantize(files[f"{name}.weight"], files[f"{name}.weight_scale"], args=args)
         assert torch.equal(w, plan.dequant()), name
+    for extra in ("edgeq_greedy.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / extra).write_bytes((res.out_dir / extra).read_bytes())
+    # compressed-tensors quantizes the inputs per token group at run time, as the ONNX does
+    _transformers_greedy_matches(type(res)(out_dir=tmp_path, onnx_dir=res.onnx_dir, hf=res.hf, quantized=res.quantized))
+
+
+def test_fp8_dynamic_is_llm_compressors_fp8_dynamic(written) -> None:
+    """``fp8-dynamic`` as compressed-tensors: per-channel weights, activations dynamic per token (vLLM's
+    FP8_DYNAMIC); transformers (compressed-tensors' forward on this CPU) decodes the ONNX's greedy tokens."""
+    from compressed_tensors.quantization import QuantizationConfig
+
+    res = written["ct-fp8-dynamic"]
+    qc = QuantizationConfig.model_validate(json.loads((res.out_dir / "config.json").read_text())["quantization_config"])
+    (group,) = qc.config_groups.values()
+    assert group.weights.strategy == "channel" and not group.weights.dynamic
+    assert group.input_activations.strategy == "token" and group.input_activations.dynamic is True
+    files = _files(res.out_dir)
+    assert not [k for k in files if k.endswith("input_scale")]  # nothing static to store
+    ops = {n.op_type for n in __import__("onnx").load(str(res.onnx_dir / "model.onnx")).graph.node}
+    assert "Cast" in ops and "QuantizeLinear" not in ops
+    _transformers_greedy_matches(res)
 
 
 def test_prequantized_awq_round_trips_bit_exact(tiny, tmp_path: Path) -> None:

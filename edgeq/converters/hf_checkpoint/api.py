@@ -112,10 +112,12 @@ def write_checkpoint(loaded: LoadedModel, plans: dict[str, Any], out: Path, hf: 
 
 
 def record_greedy(tokenizer: Any, onnx_path: Path, hf: HfCheckpointConfig) -> list[dict[str, Any]]:
-    from edgeq.converters.hf_checkpoint.greedy import onnx_greedy
+    """Per prompt: its ids, the ONNX's greedy ids and each step's top-5 (id, logit) pairs."""
+    from edgeq.converters.hf_checkpoint.greedy import onnx_greedy_logits
 
     rows = []
     for text in hf.prompts:
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        rows.append({"text": text, "prompt_ids": ids, "greedy_ids": onnx_greedy(onnx_path, ids, hf.new_tokens)})
+        greedy, tops = onnx_greedy_logits(onnx_path, ids, hf.new_tokens, top_k=5)
+        rows.append({"text": text, "prompt_ids": ids, "greedy_ids": greedy, "top_logits": tops})
     return rows

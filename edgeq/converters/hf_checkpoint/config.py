@@ -14,9 +14,11 @@ FP8_BLOCK = "fp8"
 HF_FORMATS: dict[str, str] = {
     COMPRESSED_TENSORS: "compressed-tensors (INT4 pack-quantized W4A16, FP8 float-quantized): vLLM, transformers",
     AWQ: "AutoAWQ GEMM (INT4, zero points, FP16 scales): vLLM quantization='awq', transformers with a GPU AWQ kernel",
-    FP8_BLOCK: "fine-grained FP8 (quant_method fp8, 128x128 block scales): transformers FineGrainedFP8 (GPU), vLLM",
+    FP8_BLOCK: "fine-grained FP8 (quant_method fp8, square block scales: 128x128, 64x64 for narrow models): transformers FineGrainedFP8 (GPU), vLLM",
 }
 DTYPES = ("float16", "bfloat16")
+#: the block of the released fine-grained FP8 checkpoints (DeepSeek-V3, Qwen3-*-FP8); ``fp8-block`` goes smaller only
+#: where a model's sizes are not multiples of it
 FP8_BLOCK_SHAPE = (128, 128)
 
 

@@ -21,6 +21,13 @@ import numpy as np
 def onnx_greedy(onnx_path: Path, prompt_ids: list[int], new_tokens: int, accuracy_level: int | None = 1) -> list[int]:
     """``new_tokens`` greedy ids after ``prompt_ids`` from ``onnx_path`` (its ``edgeq_model.json`` beside it).
     ``accuracy_level``: ONNX Runtime's MatMulNBits accuracy level for fused INT4 layers (None: its default, 4)."""
+    return onnx_greedy_logits(onnx_path, prompt_ids, new_tokens, accuracy_level)[0]
+
+
+def onnx_greedy_logits(onnx_path: Path, prompt_ids: list[int], new_tokens: int, accuracy_level: int | None = 1,
+                       top_k: int = 0) -> tuple[list[int], list[list[tuple[int, float]]]]:
+    """(greedy ids, each step's ``top_k`` (id, logit) pairs, best first): a loader's logits can be compared with
+    them along the same sequence, and a differing token judged against the ONNX's own margin there."""
     import onnxruntime as ort
 
     from edgeq.converters.validate import lm_feeds
@@ -32,14 +39,18 @@ def onnx_greedy(onnx_path: Path, prompt_ids: list[int], new_tokens: int, accurac
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     layers = sum(1 for n in names if n.startswith("present.") and n.endswith(".key"))
-    ids, past, out = np.array([prompt_ids], dtype=np.int64), [], []
+    ids, past, out, tops = np.array([prompt_ids], dtype=np.int64), [], [], []
     for _ in range(new_tokens):
         res = dict(zip(names, sess.run(None, lm_feeds(sess, ids, past, info["num_key_value_heads"], info["head_dim"]))))
-        nxt = int(res["logits"][0, -1].argmax())
+        logits = res["logits"][0, -1]
+        nxt = int(logits.argmax())
         out.append(nxt)
+        if top_k:
+            best = np.argsort(-logits, kind="stable")[:top_k]
+            tops.append([(int(i), float(logits[i])) for i in best])
         past = [(res[f"present.{i}.key"], res[f"present.{i}.value"]) for i in range(layers)]
         ids = np.array([[nxt]], dtype=np.int64)
-    return out
+    return out, tops
 
 
 def torch_greedy(model: Any, prompt_ids: list[int], new_tokens: int) -> list[int]:

@@ -6,7 +6,9 @@
   re-rounded on that grid from the layer's FP weights (AWQ's scaling already folded in). Symmetric codes
   are kept. A plan read from such a checkpoint (scheme ``prequantized``) comes back unchanged.
 - FP8 scales stay FP32 (the formats store FP32 scales); the fine-grained format needs one scale per
-  128x128 block, which a per-output-channel plan does not have (scheme ``fp8-block`` makes such plans).
+  square block (128x128, or smaller for narrow models), which a per-output-channel plan does not have (scheme
+  ``fp8-block`` makes such plans). Dynamic activations (``act_group``) are stored as the format's activation
+  scheme, not as tensors.
 - INT8 plans (an INT8 LM head) and a quantized head tied to the embedding are left in FP: no format here
   stores them.
 - Every unquantized float tensor of the model is rounded to the checkpoint dtype, so the ONNX exported
@@ -24,8 +26,19 @@ from edgeq.converters.quantize.numerics import INT4_MAX, INT4_MIN, LinearPlan
 from edgeq.errors import QuantizationError
 
 
-def fp8_block_scales(plan: LinearPlan, block: tuple[int, int] = FP8_BLOCK_SHAPE) -> torch.Tensor | None:
-    """The ``[ceil(out/b0), ceil(in/b1)]`` scales of an FP8 plan whose scale is constant on every block, else None."""
+def checkpoint_block(plan: LinearPlan) -> tuple[int, int] | None:
+    """The square weight block an FP8 plan was made on (``fp8-block``) or read from (a block-scaled checkpoint)."""
+    for key in ("block", "checkpoint_block"):
+        b = plan.info.get(key)
+        if b and b[0] == b[1] and b[1] < plan.q.shape[1]:
+            return int(b[0]), int(b[1])
+    return None
+
+
+def fp8_block_scales(plan: LinearPlan, block: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """The ``[ceil(out/b0), ceil(in/b1)]`` scales of an FP8 plan whose scale is constant on every block (``block``:
+    the plan's own, else 128x128), else None."""
+    block = block or checkpoint_block(plan) or FP8_BLOCK_SHAPE
     out_f, in_f = plan.q.shape
     per_elem = (plan.scale[:, None].expand(out_f, in_f) if plan.block_size is None
                 else plan.scale.repeat_interleave(plan.block_size, 1))
@@ -74,10 +87,10 @@ def snap_plans(ctx: Any, plans: dict[str, LinearPlan], hf: HfCheckpointConfig) -
             changed, total = changed + n, total + p.q.numel()
         else:
             if p.block_size is not None and fp8_block_scales(p) is None:
-                raise QuantizationError(f"{name}: FP8 scales on blocks other than 128x128 have no checkpoint format here")
-            if hf.format == FP8_BLOCK and fp8_block_scales(p) is None:
+                raise QuantizationError(f"{name}: FP8 scales on non-square blocks have no checkpoint format here")
+            if hf.format == FP8_BLOCK and (checkpoint_block(p) is None or fp8_block_scales(p) is None):
                 raise QuantizationError(
-                    f"{name}: its FP8 scales are not one per 128x128 block, which the fine-grained FP8 format stores",
+                    f"{name}: its FP8 scales are not one per square block, which the fine-grained FP8 format stores",
                     hint="use scheme fp8-block (or write --format hf: compressed-tensors stores per-channel FP8)")
             out[name] = p
     blocks = {p.block_size for p in out.values() if p.kind == "int4"}

@@ -6,10 +6,12 @@ Layouts, as the readers of each format expect them (and ``prequant.readers`` rea
   ``c + 8`` at bits ``4i``), ``weight_scale`` ``[out, in/g]``, ``weight_zero_point`` int32 packed along the
   output axis ``[ceil(out/8), in/g]`` (asymmetric only), ``weight_shape``;
 - compressed-tensors ``float-quantized``: ``weight`` E4M3, ``weight_scale`` FP32 (``[out, 1]`` per channel or
-  ``[ceil(out/128), ceil(in/128)]`` per block), ``input_scale`` ``[1]`` for static activations;
+  ``[ceil(out/b), ceil(in/b)]`` per b x b block), ``input_scale`` ``[1]`` for static activations (dynamic ones,
+  per token or per token group, are only named in ``input_activations``);
 - AutoAWQ GEMM: ``qweight`` ``[in, out/8]`` and ``qzeros`` ``[in/g, out/8]`` int32 with unsigned codes in the
   nibble order 0, 2, 4, 6, 1, 3, 5, 7, ``scales`` FP16 ``[in/g, out]``;
-- fine-grained FP8: ``weight`` E4M3 and ``weight_scale_inv`` FP32 ``[ceil(out/128), ceil(in/128)]``.
+- fine-grained FP8: ``weight`` E4M3 and ``weight_scale_inv`` FP32 ``[ceil(out/b), ceil(in/b)]``, ``b`` the
+  config's ``weight_block_size`` (128 in the released checkpoints).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 from edgeq.converters.hf_checkpoint.config import AWQ, COMPRESSED_TENSORS, FP8_BLOCK, FP8_BLOCK_SHAPE
-from edgeq.converters.hf_checkpoint.snap import fp8_block_scales
+from edgeq.converters.hf_checkpoint.snap import checkpoint_block, fp8_block_scales
+from edgeq.errors import QuantizationError
 from edgeq.converters.prequant.readers import AWQ_ORDER
 from edgeq.converters.quantize.numerics import LinearPlan
 
@@ -53,11 +56,28 @@ def _zero_points(p: LinearPlan) -> torch.Tensor:
 
 
 def fp8_strategy(p: LinearPlan) -> str:
-    """``block`` for FP8 plans made on 128x128 blocks (their rows may look per-channel when a layer has one block
+    """``block`` for FP8 plans made on square blocks (their rows may look per-channel when a layer has one block
     of inputs), else ``channel``."""
-    made_blockwise = (p.block_size is not None or p.info.get("block") == list(FP8_BLOCK_SHAPE)
-                      or p.info.get("checkpoint_block") == list(FP8_BLOCK_SHAPE))
+    made_blockwise = p.block_size is not None or checkpoint_block(p) is not None
     return "block" if made_blockwise and fp8_block_scales(p) is not None else "channel"
+
+
+def _fp8_block_of(plans: dict[str, LinearPlan]) -> list[int]:
+    """The one ``weight_block_size`` of a model's block-scaled FP8 plans (formats store one per model)."""
+    blocks = {checkpoint_block(p) or FP8_BLOCK_SHAPE for p in plans.values() if p.kind == "fp8" and fp8_strategy(p) == "block"}
+    if len(blocks) > 1:
+        raise QuantizationError(f"the checkpoint stores one FP8 block size; the plans have {sorted(blocks)}")
+    return list(blocks.pop() if blocks else FP8_BLOCK_SHAPE)
+
+
+def _input_args(p: LinearPlan) -> dict[str, Any] | None:
+    """compressed-tensors ``input_activations`` of an FP8 plan: static per tensor, dynamic per token or per token
+    group, or None (weight-only)."""
+    if p.act_group is not None:
+        if p.act_group == p.q.shape[1]:
+            return _weight_args(strategy="token", dynamic=True, observer=None)
+        return _weight_args(strategy="group", group_size=p.act_group, dynamic=True, observer=None)
+    return _weight_args(strategy="tensor") if p.act_scale is not None else None
 
 
 def _weight_args(**kw: Any) -> dict[str, Any]:
@@ -106,13 +126,14 @@ def quantization_config(fmt: str, plans: dict[str, LinearPlan], unquantized: lis
                 "modules_to_not_convert": unquantized or None}
     if fmt == FP8_BLOCK:
         return {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                "weight_block_size": list(FP8_BLOCK_SHAPE), "modules_to_not_convert": unquantized or None}
+                "weight_block_size": _fp8_block_of(plans), "modules_to_not_convert": unquantized or None}
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name, p in plans.items():
         if p.kind == "int4":
             key: tuple[Any, ...] = ("int4", int(p.block_size or 0), p.offset is None)
         else:
-            key = ("fp8", fp8_strategy(p), p.act_scale is not None)
+            acts = _input_args(p)
+            key = ("fp8", fp8_strategy(p), None if acts is None else (acts["strategy"], acts["group_size"]))
         groups.setdefault(key, []).append(name)
     config_groups: dict[str, Any] = {}
     formats = set()
@@ -123,8 +144,8 @@ def quantization_config(fmt: str, plans: dict[str, LinearPlan], unquantized: lis
             weights = _weight_args(num_bits=4, type="int", strategy="group", group_size=key[1], symmetric=key[2])
             group = {"targets": targets, "weights": weights, "input_activations": None, "format": "pack-quantized"}
         else:
-            weights = _weight_args(strategy=key[1], block_structure=list(FP8_BLOCK_SHAPE) if key[1] == "block" else None)
-            acts = _weight_args(strategy="tensor") if key[2] else None
+            weights = _weight_args(strategy=key[1], block_structure=_fp8_block_of(plans) if key[1] == "block" else None)
+            acts = _input_args(plans[names[0]])
             group = {"targets": targets, "weights": weights, "input_activations": acts, "format": "float-quantized"}
         group["output_activations"] = None
         formats.add(group["format"])

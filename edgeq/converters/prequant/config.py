@@ -8,6 +8,7 @@ from edgeq.converters.quantize.config import ACT_CALIB_METHODS, QuantConfig
 from edgeq.errors import ConfigError
 
 FP8_ACTIVATIONS = ("auto", "static", "none")
+FP8_BLOCK_ACTIVATIONS = ("dynamic", "none")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,26 @@ class PrequantizedConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class Fp8BlockConfig(QuantConfig):
-    """FP8 E4M3 weights, one FP32 scale per 128x128 block, nearest rounding, weight-only (see fp8_block.py)."""
+    """FP8 E4M3 weights, one FP32 scale per square block, nearest rounding (see fp8_block.py).
 
+    Args:
+        block_size: the block's edge; None (default) picks 128, the released checkpoints' block, when every
+            quantized linear's sizes are multiples of it, else the largest power of two >= 16 dividing them all
+            (SmolLM2's 576: 64), since the readers' activation quantizer takes only whole blocks of input.
+        activations: ``dynamic`` (default): the ONNX quantizes each input per token and ``block_size`` channels,
+            as the checkpoint's readers do (transformers' FP8Linear, vLLM), so both compute the same;
+            ``none``: weight-only (W8A16).
+    """
+
+    block_size: int | None = None
+    activations: str = "dynamic"
     max_kl: float = 0.05
     min_cosine: float = 0.995
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        b = self.block_size
+        if b is not None and (b < 16 or b & (b - 1)):
+            raise ConfigError(f"block_size must be a power of two >= 16, got {b}")
+        if self.activations not in FP8_BLOCK_ACTIVATIONS:
+            raise ConfigError(f"activations must be one of {FP8_BLOCK_ACTIVATIONS}, got {self.activations!r}")

@@ -1,7 +1,7 @@
 """The handlers of the schemes that carry published or block-scaled weights, torch-free (the package registers them).
 
 ``prequantized`` keeps a pre-quantized checkpoint's published weights as fixed plans (``prequant/scheme.py``);
-``fp8-block`` is FP8 with 128x128 block scales, the fine-grained FP8 checkpoint format
+``fp8-block`` is FP8 with square (128x128 or smaller) block scales, the fine-grained FP8 checkpoint format
 (``hf_checkpoint/fp8_block.py``). Their math imports torch when a handler quantizes.
 """
 
@@ -31,7 +31,7 @@ class Prequantized(SchemeHandler):
 
 @register_handler
 class Fp8Block(SchemeHandler):
-    """FP8 E4M3 weights with 128x128 block scales (weight-only)."""
+    """FP8 E4M3 weights with square block scales, dynamic per-token-group activations (or weight-only)."""
 
     name = "fp8-block"
     config = Fp8BlockConfig
@@ -39,7 +39,8 @@ class Fp8Block(SchemeHandler):
     min_compute_capability = "8.9"
 
     def weight_bits(self, cfg: Any) -> float:
-        return 8.0 + 32 / (128 * 128)  # one FP32 scale per 128x128 block
+        b = cfg.block_size or 128
+        return 8.0 + 32 / (b * b)  # one FP32 scale per block
 
     def quantize(self, ctx: QuantContext) -> dict:
         from edgeq.converters.hf_checkpoint.fp8_block import quantize_fp8_block

@@ -12,7 +12,7 @@ calibrated static per-tensor FP8 scales (what TensorRT's FP8 GEMMs take; a check
 weights stay weight-only (W8A16) by default, because TensorRT-RTX 1.7 fails to build an FP8 GEMM whose weight
 DequantizeLinear is blocked (Myelin ``CHECK(is_constant())``, measured on tiny Llama for sm89; the
 weight-only form builds). The checkpoint's own dynamic per-token-group activation scheme has no standard
-ONNX form.
+ONNX quantizer (``qdq.dynamic_fp8_nodes`` writes its arithmetic out, which no TensorRT builds).
 """
 
 from __future__ import annotations

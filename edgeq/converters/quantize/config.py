@@ -126,6 +126,17 @@ class Fp8Config(_ActCalib):
 
 
 @dataclass(frozen=True)
+class Fp8DynamicConfig(QuantConfig):
+    """FP8 E4M3 weights per output channel, activations quantized at run time with one scale per token (the
+    ``FP8_DYNAMIC`` scheme of llm-compressor, which vLLM runs from a compressed-tensors checkpoint). No
+    calibration pass. TensorRT has no per-token FP8 quantizer, so this is a checkpoint scheme (``edgeq quantize
+    -s fp8-dynamic --format hf``); its ONNX writes the arithmetic out for ONNX Runtime (``qdq.dynamic_fp8_nodes``)."""
+
+    max_kl: float = 0.1
+    min_cosine: float = 0.99
+
+
+@dataclass(frozen=True)
 class Int8SmoothQuantConfig(_ActCalib):
     """INT8 W8A8 with SmoothQuant: migration strength ``alpha``; ``None`` searches it per layer group."""
 

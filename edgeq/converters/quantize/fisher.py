@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from edgeq.converters.quantize.numerics import LinearPlan, fake_quant_act
+from edgeq.converters.quantize.numerics import LinearPlan
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
 
 _EXPERT = re.compile(r"^(.*\.experts)\.\d+\..*$")
@@ -61,7 +61,7 @@ def fisher_scores(loaded: LoadedModel, levels: Mapping[str, Mapping[str, LinearP
                 deltas = {}
                 for lvl, plans in levels.items():
                     plan = plans[name]
-                    xq = x.float() if plan.act_scale is None else fake_quant_act(x.float(), plan.act_scale, plan.act_kind or "int8")
+                    xq = plan.quantize_input(x.float())
                     yq = xq @ plan.dequant().to(torch.float32).T
                     if m.bias is not None:
                         yq = yq + m.bias.float()

@@ -1,4 +1,5 @@
-"""FP8 E4M3 W8A8: per-output-channel weight scales, per-tensor static activation scales (max/percentile)."""
+"""FP8 E4M3 W8A8: per-output-channel weight scales, per-tensor static activation scales (max/percentile/mse), or
+per-token dynamic activation scales (``fp8-dynamic``)."""
 
 from __future__ import annotations
 
@@ -56,4 +57,13 @@ def quantize_fp8(ctx: QuantContext) -> dict[str, LinearPlan]:
         plans[name] = LinearPlan(name, "fp8", q, scale,
                                  act_scale=None if act is None else max(act, 1e-8) / ACT_QMAX["fp8"],
                                  info={"act_amax": act, "act_calib": cfg.act_calib})
+    return plans
+
+
+def quantize_fp8_dynamic(ctx: QuantContext) -> dict[str, LinearPlan]:
+    """Per-channel E4M3 weights; each input quantized per token at run time (no calibration)."""
+    plans = {}
+    for name, mod in ctx.linears.items():
+        q, scale = fp8_channel_quant(mod.weight.detach().float())
+        plans[name] = LinearPlan(name, "fp8", q, scale, act_group=int(mod.in_features), info={"activations": "dynamic per token"})
     return plans

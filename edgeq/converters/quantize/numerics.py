@@ -88,6 +88,16 @@ def fake_quant_act(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
     raise ValueError(kind)
 
 
+def fp8_dynamic_act(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Dynamic FP8 activations as the graph (``qdq.dynamic_fp8_nodes``) and the checkpoints' readers compute them:
+    one scale per token and ``group`` consecutive channels of the last axis (``group`` = the width: per token),
+    ``max|x| / 448`` (at least 1e-12), E4M3 rounded to nearest even."""
+    shape = x.shape
+    xg = x.float().reshape(-1, group)
+    s = (xg.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_EPS)
+    return ((xg / s).to(torch.float8_e4m3fn).float() * s).reshape(shape).to(x.dtype)
+
+
 def act_amax(x: torch.Tensor, method: str, percentile: float) -> float:
     """Calibrated per-tensor range of ``x``: its max |x| or the given percentile of |x| (``mse`` needs the
     weights: ``mse_act_amax``)."""
@@ -134,6 +144,9 @@ class LinearPlan:
     offset: torch.Tensor | None = None  # asymmetric INT4: per-block offset [out, in//block] added after DQ
     info: dict[str, Any] = field(default_factory=dict)
     global_scale: float | None = None  # nvfp4: the per-tensor FP32 scale of the E4M3 block scales
+    #: dynamic FP8 activations (no ``act_scale``): one scale per token and ``act_group`` input channels, computed
+    #: at run time (``act_group`` = in_features: per token; ``fp8_dynamic_act``)
+    act_group: int | None = None
 
     def dequant(self) -> torch.Tensor:
         if self.kind == "nvfp4":
@@ -147,6 +160,14 @@ class LinearPlan:
             return int4_block_dequant(self.q, self.scale, self.block_size)
         return self.q.float() * self.scale[:, None]
 
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as the emitted graph quantizes it (unchanged when weight-only)."""
+        if self.act_group is not None:
+            return fp8_dynamic_act(x, self.act_group)
+        if self.act_scale is not None:
+            return fake_quant_act(x, self.act_scale, self.act_kind or "int8")
+        return x
+
     @property
     def act_kind(self) -> str | None:
         if self.act_scale is None:
@@ -154,13 +175,15 @@ class LinearPlan:
         return self.kind if self.kind in ("fp8", "nvfp4") else "int8"
 
     def summary(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"scheme": self.kind + ("" if self.act_scale is not None else "-weight-only"),
-                             "shape": list(self.q.shape)}
+        acts = self.act_scale is not None or self.act_group is not None
+        d: dict[str, Any] = {"scheme": self.kind + ("" if acts else "-weight-only"), "shape": list(self.q.shape)}
         if self.block_size is not None:
             d["block_size"] = self.block_size
             d["asymmetric"] = self.offset is not None
         if self.act_scale is not None:
             d["act_scale"] = self.act_scale
+        if self.act_group is not None:
+            d["act_dynamic_group"] = self.act_group
         if self.global_scale is not None:
             d["global_scale"] = self.global_scale
         d.update(self.info)

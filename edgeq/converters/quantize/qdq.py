@@ -8,7 +8,11 @@ a QuantizeLinear -> DequantizeLinear pair on their input activation. Asymmetric 
 DequantizeLinear (TensorRT takes no INT4 zero points) and adds the per-block offsets exactly:
 ``y = x @ DQ(q) + (x @ B) @ O`` with ``B`` the [in, blocks] 0/1 block indicator (its product with ``x`` is
 each block's sum, shared by the layers reading one input) and ``O`` the [blocks, out] offsets.
-Only opset-21 ai.onnx ops are used,
+Dynamic FP8 activations (``LinearPlan.act_group``: per token, or per token and channel group as the fine-grained
+FP8 checkpoints' readers compute them) are written as their arithmetic, ``Cast`` to FLOAT8E4M3FN and back under a
+scale computed from the input (``dynamic_fp8_nodes``): ONNX has no dynamic FP8 quantizer and TensorRT's
+DynamicQuantize takes NVFP4 and MXFP8 blocks only, so such graphs check a checkpoint in ONNX Runtime and are built
+by no TensorRT flavour. Only opset-21 ai.onnx ops are used,
 so the same file loads in ONNX Runtime CPU (which fuses DQ(int4)->MatMul into MatMulNBits) and parses in
 TensorRT(-RTX). NVFP4 plans (``nvfp4_qdq.py``) need opset 23 and run in TensorRT only; W4A4 NVFP4 adds
 TensorRT's dynamic FP4 quantizer (domain ``trt``) after the FP16 rewrite, past the standard-domain check.
@@ -78,6 +82,27 @@ def _act_zero_point(kind: str) -> np.ndarray:
     return np.zeros((), dtype=ml_dtypes.float8_e4m3fn if kind == "fp8" else np.int8)
 
 
+def dynamic_fp8_nodes(x: str, group: int, tag: str, path: str) -> tuple[list[Any], list[Any], str]:
+    """(nodes, initializers, output) computing ``numerics.fp8_dynamic_act(x, group)`` in float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.converters.quantize.numerics import FP8_MAX
+
+    consts = {"groups": np.array([-1, group], dtype=np.int64), "axis": np.array([-1], dtype=np.int64),
+              "qmax": np.array(FP8_MAX, dtype=np.float32), "eps": np.array(1e-12, dtype=np.float32)}
+    inits = [numpy_helper.from_array(v, f"{tag}_{k}") for k, v in consts.items()]
+    t = {k: f"{tag}_{k}" for k in ("shape", "g", "abs", "amax", "s0", "s", "scaled", "q", "qf", "dq", "out")}
+    name = f"/{path.replace('.', '/')}/input_dynamic_fp8"
+    steps = [("Shape", [x], t["shape"], {}), ("Reshape", [x, f"{tag}_groups"], t["g"], {}),
+             ("Abs", [t["g"]], t["abs"], {}), ("ReduceMax", [t["abs"], f"{tag}_axis"], t["amax"], {"keepdims": 1}),
+             ("Div", [t["amax"], f"{tag}_qmax"], t["s0"], {}), ("Max", [t["s0"], f"{tag}_eps"], t["s"], {}),
+             ("Div", [t["g"], t["s"]], t["scaled"], {}), ("Cast", [t["scaled"]], t["q"], {"to": TensorProto.FLOAT8E4M3FN}),
+             ("Cast", [t["q"]], t["qf"], {"to": TensorProto.FLOAT}), ("Mul", [t["qf"], t["s"]], t["dq"], {}),
+             ("Reshape", [t["dq"], t["shape"]], t["out"], {})]
+    nodes = [helper.make_node(op, ins, [out], name=f"{name}/{op}_{i}", **attrs) for i, (op, ins, out, attrs) in enumerate(steps)]
+    return nodes, inits, t["out"]
+
+
 def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: str = "float32") -> dict[str, Any]:
     """Write ``dst`` (model.onnx) from the FP export ``src`` with ``plans`` applied, computing in ``compute_dtype``
     (``float16``: see ``half.to_float16``).
@@ -132,7 +157,17 @@ def emit_qdq(src: Path, plans: dict[str, LinearPlan], dst: Path, compute_dtype: 
             new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_wq", f"{base}_wscale"], [dq_out],
                                               name=f"/{path.replace('.', '/')}/weight_DequantizeLinear", **attrs))
         a_in = node.input[0]
-        if plan.act_scale is not None and plan.kind != "nvfp4":
+        if plan.act_group is not None:
+            if compute_dtype != "float32":
+                raise QuantizationError(f"{path}: dynamic FP8 activations are written for float32 graphs only",
+                                        hint="no TensorRT flavour builds them; use compute dtype float32")
+            key = (a_in, -float(plan.act_group), "fp8-dynamic")
+            if key not in act_qdq:
+                nodes, inits_d, act_qdq[key] = dynamic_fp8_nodes(a_in, plan.act_group, f"{base}_dyn{len(act_qdq)}", path)
+                new_nodes += nodes
+                new_inits += inits_d
+            a_in = act_qdq[key]
+        elif plan.act_scale is not None and plan.kind != "nvfp4":
             key = (a_in, float(plan.act_scale), plan.act_kind or "")
             if key not in act_qdq:
                 tag = f"{base}_act{len(act_qdq)}"

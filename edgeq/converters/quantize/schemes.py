@@ -12,6 +12,7 @@ from typing import Any
 
 from edgeq.converters.quantize.config import (
     Fp8Config,
+    Fp8DynamicConfig,
     Fp16Config,
     Int4AwqConfig,
     Int4RtnConfig,
@@ -21,6 +22,7 @@ from edgeq.converters.quantize.config import (
     NvFp4WeightOnlyConfig,
 )
 from edgeq.converters.quantize.registry import QuantContext, SchemeHandler, register_handler
+from edgeq.sdk.bundle.flavours import TENSORRT_FLAVOURS
 
 #: bits of one stored scale or offset: DQ scales are FP16 in the graphs GPU engines run (quantize/half.py)
 _SCALE_BITS = 16
@@ -56,6 +58,31 @@ class Fp8(SchemeHandler):
         from edgeq.converters.quantize.fp8 import quantize_fp8
 
         return quantize_fp8(ctx)
+
+
+#: why no TensorRT flavour builds dynamic FP8 activations: TensorRT's DynamicQuantize takes NVFP4 16-blocks and MXFP8
+#: 32-blocks only (its operator docs), and TensorRT-RTX 1.7 refuses the written-out form (measured on tiny-llama,
+#: sm89: "has datatype FP8 but is not produced by ... IQuantizeLayer")
+NO_DYNAMIC_FP8 = ("TensorRT has no per-token FP8 quantizer (its DynamicQuantize takes NVFP4 and MXFP8 blocks only); "
+                  "fp8-dynamic checkpoints are for vLLM: use fp8 for TensorRT targets")
+
+
+@register_handler
+class Fp8Dynamic(SchemeHandler):
+    """FP8 E4M3 weights per channel, per-token dynamic FP8 activations (``fp8.py``)."""
+
+    name = "fp8-dynamic"
+    config = Fp8DynamicConfig
+    min_compute_capability = "8.9"
+    refused_flavours = dict.fromkeys(TENSORRT_FLAVOURS, NO_DYNAMIC_FP8)
+
+    def weight_bits(self, cfg: Any) -> float:
+        return 8.0
+
+    def quantize(self, ctx: QuantContext) -> dict:
+        from edgeq.converters.quantize.fp8 import quantize_fp8_dynamic
+
+        return quantize_fp8_dynamic(ctx)
 
 
 @register_handler

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from edgeq.converters.quantize.calibrate import model_inputs
-from edgeq.converters.quantize.numerics import LinearPlan, fake_quant_act
+from edgeq.converters.quantize.numerics import LinearPlan
 from edgeq.converters.sources import TEXT_GENERATION, LoadedModel
 
 
@@ -28,9 +28,9 @@ def simulated(model: Any, plans: dict[str, LinearPlan]) -> Iterator[None]:
             mod = model.get_submodule(name)
             saved[name] = mod.weight
             mod.weight = torch.nn.Parameter(plan.dequant().to(saved[name].dtype), requires_grad=False)
-            if plan.act_scale is not None:
-                def pre(_m: Any, args: tuple[Any, ...], s: float = plan.act_scale, k: str = plan.act_kind or "int8") -> tuple[Any, ...]:
-                    return (fake_quant_act(args[0], s, k),) + tuple(args[1:])
+            if plan.act_scale is not None or plan.act_group is not None:
+                def pre(_m: Any, args: tuple[Any, ...], p: LinearPlan = plan) -> tuple[Any, ...]:
+                    return (p.quantize_input(args[0]),) + tuple(args[1:])
                 handles.append(mod.register_forward_pre_hook(pre))
         yield
     finally:

@@ -86,3 +86,33 @@ def test_frozen() -> None:
     with pytest.raises(AttributeError):
         cfg.percentile = 1.0  # type: ignore[misc]
     assert cfg.with_overrides(act_calib="percentile").act_calib == "percentile"
+
+
+def test_fp8_block_options_are_checked() -> None:
+    assert get_config("fp8-block").block_size is None and get_config("fp8-block").activations == "dynamic"
+    assert handler_named("fp8-block").weight_bits(get_config("fp8-block", block_size=64)) == 8.0 + 32 / 64**2
+    for bad in ({"block_size": 48}, {"block_size": 8}, {"activations": "static"}):
+        with pytest.raises(ConfigError):
+            get_config("fp8-block", **bad)
+
+
+def test_fp8_block_edge_divides_every_layer() -> None:
+    """128 (the released checkpoints' block) where every size is a multiple of it; else the largest power of
+    two that divides them all (readers take whole blocks only); 128 with partial blocks when none >= 16 does."""
+    from edgeq.converters.hf_checkpoint.fp8_block import fp8_block_edge
+
+    qwen3_4b = [(4096, 2560), (1024, 2560), (2560, 4096), (9728, 2560), (2560, 9728)]
+    smollm2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+    assert fp8_block_edge(qwen3_4b) == 128
+    assert fp8_block_edge(smollm2) == 64
+    assert fp8_block_edge([(100, 24)]) == 128
+
+
+def test_dynamic_fp8_is_refused_by_every_tensorrt_flavour() -> None:
+    """No TensorRT has a per-token FP8 quantizer: a TensorRT target gets the reason, not a failed build."""
+    from edgeq.sdk.bundle.flavours import TENSORRT_FLAVOURS
+    from edgeq.targets import get_profile
+
+    h = handler_named("fp8-dynamic")
+    assert set(h.refused_flavours) == set(TENSORRT_FLAVOURS)
+    assert "per-token FP8" in (h.target_problem(get_profile("rtx-ada")) or "")

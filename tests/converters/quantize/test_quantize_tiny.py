@@ -159,3 +159,34 @@ def test_fp8_mse_range_is_searched_per_input_and_beats_max(tiny_llama) -> None:
         return sum(float((xq @ _fp8_dq(w).T - x @ w.T).pow(2).mean() / (x @ w.T).pow(2).mean()) for w in ws)
 
     assert err("mse") <= err("max") * 1.02, (err("mse"), err("max"))
+
+
+def test_dynamic_fp8_graph_is_the_simulation(tiny_llama, tmp_path) -> None:
+    """``fp8-dynamic``'s written-out per-token quantizer computes in ONNX Runtime what the torch simulation computes
+    (the budget and the checkpoints' checks rely on it), differs from weight-only FP8, and is refused in FP16 graphs
+    (no TensorRT builds it; only float32 graphs carry it)."""
+    import torch
+
+    from edgeq.converters.quantize import get_config
+    from edgeq.converters.quantize.simulate import simulated
+    from edgeq.converters.validate import lm_feeds
+    from edgeq.errors import QuantizationError
+
+    res = quantize(tiny_llama, get_config("fp8-dynamic"), tmp_path / "dyn")
+    assert all(p.act_group == p.q.shape[1] and p.act_scale is None for p in res.plans.values())
+    graph = onnx.load(str(tmp_path / "dyn" / "model.onnx")).graph
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT8E4M3FN]
+    assert len(casts) == 2 * 4  # per layer: one for q/k/v's shared input, o, gate/up's shared input, down
+    ids = np.arange(3, 40, dtype=np.int64)[None]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "dyn" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], lm_feeds(sess, ids, [], 2, 32))[0][0]
+    with simulated(res.loaded.model, res.plans), torch.no_grad():
+        want = res.loaded.model(input_ids=torch.tensor(ids), use_cache=False).logits[0].float().numpy()
+        for p in res.plans.values():
+            p.act_group = None
+        weight_only = res.loaded.model(input_ids=torch.tensor(ids), use_cache=False).logits[0].float().numpy()
+    assert np.abs(got - want).max() < 1e-3 < np.abs(got - weight_only).max()
+    with pytest.raises(QuantizationError, match="float32"):
+        quantize(tiny_llama, get_config("fp8-dynamic", compute_dtype="float16", validate=False), tmp_path / "half")
