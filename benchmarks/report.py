@@ -22,6 +22,7 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "quality": ("Quantization quality", "python benchmarks/bench_quality.py", "est. 15-25 min (edgeq AWQ dominates)"),
     "budget": ("Accuracy budgets: each target's recipe beside its plain scheme", "python benchmarks/bench_budget.py",
                "est. 12-15 min"),
+    "fp8": ("FP8 variants: static, dynamic per token, block-scaled", "python benchmarks/bench_fp8.py", "est. 12-15 min"),
     "nvfp4": ("NVFP4 quality (torch simulation)", "python benchmarks/bench_nvfp4.py", "est. 10 min (AWQ dominates)"),
     "speed": ("Speed on CPU (ONNX Runtime)", "python benchmarks/bench_speed.py", "est. 8-10 min"),
     "cpu": ("Every bundle on a CPU: the CPU graph vs onnxruntime-genai", "python benchmarks/bench_cpu.py "
@@ -38,7 +39,7 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "gpu_loader": ("transformers' FP8 loader on edgeq's checkpoints (device run)",
                    "python benchmarks/gpu_fp8_loader_check.py prepare --only tiny-llama-fp8-block smollm2-fp8-block; "
                    "on the H200 with transformers 4.57.6: gpu_fp8_loader_check.py check PAYLOAD; "
-                   "python benchmarks/gpu_loader_result.py results.json --commit SHA --payload ...", "about 2 min of device time"),
+                   "python benchmarks/gpu_loader_result.py results.json --commit SHA --payload ...", "about 3 min of device time (4 calls carry the payload)"),
     "gpu": ("GPU runtime on the H200 (device run)", "python benchmarks/gpu_payload.py; bash benchmarks/gpu_stage.sh; "
             "benchmarks/gpu_run.sh 1|3|loader|final|probe on the H200; python benchmarks/gpu_result.py",
             "est. 10 min of device time"),

@@ -22,9 +22,9 @@ import torch
 
 from edgeq.converters.hf_checkpoint.config import AWQ, COMPRESSED_TENSORS, FP8_BLOCK, FP8_BLOCK_SHAPE
 from edgeq.converters.hf_checkpoint.snap import checkpoint_block, fp8_block_scales
-from edgeq.errors import QuantizationError
 from edgeq.converters.prequant.readers import AWQ_ORDER
 from edgeq.converters.quantize.numerics import LinearPlan
+from edgeq.errors import QuantizationError
 
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 
