@@ -22,7 +22,7 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "quality": ("Quantization quality", "python benchmarks/bench_quality.py", "est. 15-25 min (edgeq AWQ dominates)"),
     "budget": ("Accuracy budgets: each target's recipe beside its plain scheme", "python benchmarks/bench_budget.py",
                "est. 12-15 min"),
-    "fp8": ("FP8 variants: static, dynamic per token, block-scaled", "python benchmarks/bench_fp8.py", "est. 12-15 min"),
+    "fp8": ("FP8 variants: static, dynamic per token, block-scaled", "python benchmarks/bench_fp8.py", "est. 20-35 min (35 min measured with CI sharing the 2 cores)"),
     "nvfp4": ("NVFP4 quality (torch simulation)", "python benchmarks/bench_nvfp4.py", "est. 10 min (AWQ dominates)"),
     "speed": ("Speed on CPU (ONNX Runtime)", "python benchmarks/bench_speed.py", "est. 8-10 min"),
     "cpu": ("Every bundle on a CPU: the CPU graph vs onnxruntime-genai", "python benchmarks/bench_cpu.py "

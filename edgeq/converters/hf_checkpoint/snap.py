@@ -27,11 +27,14 @@ from edgeq.errors import QuantizationError
 
 
 def checkpoint_block(plan: LinearPlan) -> tuple[int, int] | None:
-    """The square weight block an FP8 plan was made on (``fp8-block``) or read from (a block-scaled checkpoint)."""
-    for key in ("block", "checkpoint_block"):
-        b = plan.info.get(key)
-        if b and b[0] == b[1] and b[1] < plan.q.shape[1]:
-            return int(b[0]), int(b[1])
+    """The square weight block an FP8 plan was made on (``fp8-block``, even where a layer holds one block) or read
+    from (a block-scaled checkpoint; its per-tensor ``(out, in)`` and per-channel ``(1, in)`` entries are no blocks)."""
+    made = plan.info.get("block")
+    if made:
+        return int(made[0]), int(made[1])
+    read = plan.info.get("checkpoint_block")
+    if read and read[0] == read[1] and list(read) != list(plan.q.shape):
+        return int(read[0]), int(read[1])
     return None
 
 

@@ -116,3 +116,18 @@ def test_dynamic_fp8_is_refused_by_every_tensorrt_flavour() -> None:
     h = handler_named("fp8-dynamic")
     assert set(h.refused_flavours) == set(TENSORRT_FLAVOURS)
     assert "per-token FP8" in (h.target_problem(get_profile("rtx-ada")) or "")
+
+
+def test_checkpoint_block_tells_blocks_from_per_tensor_and_per_channel_entries() -> None:
+    import torch
+
+    from edgeq.converters.hf_checkpoint.snap import checkpoint_block
+    from edgeq.converters.quantize.numerics import LinearPlan
+
+    def plan(**info: object) -> LinearPlan:
+        return LinearPlan("l", "fp8", torch.zeros(64, 64), torch.ones(64), info=dict(info))
+
+    assert checkpoint_block(plan(block=[64, 64])) == (64, 64)  # fp8-block's own, even a one-block layer
+    assert checkpoint_block(plan(checkpoint_block=[32, 32])) == (32, 32)
+    assert checkpoint_block(plan(checkpoint_block=[64, 64])) is None  # a checkpoint's per-tensor scale
+    assert checkpoint_block(plan(checkpoint_block=[1, 64])) is None  # per channel
